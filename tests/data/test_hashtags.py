@@ -1,0 +1,84 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from wsp.data.hashtags import HashtagDataModule
+
+
+def datamodule(path, **kw):
+    args = dict(batch_size=8, num_workers=0, image_size=32, resampling="sqrt", shuffle_buffer=50, seed=0)
+    return HashtagDataModule(str(path), **{**args, **kw})
+
+
+def test_batches_carry_images_and_normalised_targets(corpus_dir):
+    dm = datamodule(corpus_dir)
+    images, targets, skipped = next(iter(dm.train_dataloader()))
+    assert images.shape == (8, 3, 32, 32) and targets.shape == (8, dm.num_classes)
+    assert torch.allclose(targets.sum(1), torch.ones(8))
+    assert int(skipped) == 0
+
+
+def test_virtual_epoch_has_the_corpus_size_in_batches(corpus_dir):
+    dm = datamodule(corpus_dir)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == dm.num_samples("train") // 8
+    assert len(set(dm.train_shards)) == len(dm.train_shards) >= 2
+
+
+def test_val_stream_covers_every_val_sample_once(corpus_dir):
+    dm = datamodule(corpus_dir)
+    seen = sum(len(batch[0]) for batch in dm.val_dataloader())
+    assert seen == dm.num_samples("val") > 0
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path, corpus_dir):
+    import webdataset as wds
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, copy)
+    first = sorted(copy.glob("train-*.tar"))[0]
+    samples = list(wds.WebDataset(str(first), shardshuffle=False))
+    with wds.TarWriter(str(first)) as writer:
+        for i, sample in enumerate(samples):
+            sample = {k: v for k, v in sample.items() if k in ("__key__", "jpg", "json")}
+            if i < 3:
+                sample["jpg"] = b"garbage"
+            writer.write(sample)
+    dm = datamodule(copy, resampling="natural")
+    skipped = sum(int(batch[2]) for batch in dm.val_dataloader())
+    assert skipped == 0
+    pipeline_total = sum(int(b[2]) for b in dm.train_dataloader())
+    assert pipeline_total >= 3  # natural resampling emits every sample at least once per pass
+
+
+def test_too_few_shards_for_workers_fails_at_start(corpus_dir):
+    dm = datamodule(corpus_dir, num_workers=64)
+    with pytest.raises(ValueError, match="train shards cannot feed 1 ranks x 64 workers"):
+        dm.train_dataloader()
+
+
+def test_missing_corpus_files_fail_with_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.path=.*no sizes.json"):
+        datamodule(tmp_path)
+
+
+def test_sqrt_resampling_flattens_label_histogram(corpus_dir):
+    vocab = json.loads((corpus_dir / "vocab.json").read_text())
+    natural = torch.tensor([label["train_frequency"] for label in vocab["labels"]])
+
+    def histogram(scheme):
+        dm = datamodule(corpus_dir, resampling=scheme, image_size=16)
+        counts = torch.zeros(dm.num_classes)
+        for _ in range(3):
+            for _, targets, _ in dm.train_dataloader():
+                counts += targets.sum(0)
+        return counts / counts.sum()
+
+    spread = {
+        scheme: (histogram(scheme).max() / histogram(scheme).min()).item()
+        for scheme in ("natural", "uniform")
+    }
+    assert spread["uniform"] < spread["natural"]
+    assert spread["natural"] == pytest.approx((natural.max() / natural.min()).item(), rel=0.5)

@@ -1,0 +1,62 @@
+import pytest
+
+from wsp.hashtags.parse import extract_hashtags
+from wsp.hashtags.vocab import Vocabulary, build_vocabulary
+
+BROWN_BEAR = "n02132136"
+GOLDFISH = "n01443537"
+
+
+def wnids_of(vocab, caption):
+    return [vocab.labels[i].wnid for i in vocab.labels_of(extract_hashtags(caption))]
+
+
+def test_brownbear_and_ursusarctos_give_one_label(in1k):
+    assert wnids_of(in1k, "#brownbear") == wnids_of(in1k, "#UrsusArctos") == [BROWN_BEAR]
+    assert wnids_of(in1k, "#brownbear #ursus_arctos #bruin") == [BROWN_BEAR]
+
+
+def test_goldfish_spellings_merge_and_off_vocabulary_tags_are_ignored(in1k):
+    assert wnids_of(in1k, "#goldfish #CarassiusAuratus #love #photooftheday") == [GOLDFISH]
+    assert wnids_of(in1k, "#love #photooftheday") == []
+
+
+def test_in1k_has_one_label_per_synset(in1k):
+    assert len(in1k) == 1000
+    assert in1k.labels[0].wnid == "n01440764" and in1k.labels[0].name == "tench"
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("first_sense", 1), ("all", 2), ("drop", 0)])
+def test_ambiguous_hashtag_policies(policy, expected):
+    # 'crane' is a lemma of both crane.n.05 (the bird, n02012849) and crane.n.04 (the machine, n03126707).
+    vocab = build_vocabulary("wnids", ["n02012849", "n03126707"], ambiguous=policy)
+    assert len(vocab.labels_of(["crane"])) == expected
+
+
+def test_first_sense_picks_wordnets_earlier_sense():
+    vocab = build_vocabulary("wnids", ["n02012849", "n03126707"], ambiguous="first_sense")
+    (label,) = vocab.labels_of(["crane"])
+    from wsp.hashtags.wordnet import load_wordnet, synset_to_wnid
+
+    senses = [synset_to_wnid(s) for s in load_wordnet().synsets("crane", pos="n")]
+    first = min(("n02012849", "n03126707"), key=senses.index)
+    assert vocab.labels[label].wnid == first
+
+
+def test_restrict_renumbers_and_forgets_other_labels(in1k):
+    bear, fish = in1k.labels_of(["brownbear"])[0], in1k.labels_of(["goldfish"])[0]
+    small = in1k.restrict([bear, fish])
+    assert [label.wnid for label in small.labels] == [BROWN_BEAR, GOLDFISH]
+    assert small.labels_of(["ursusarctos", "carassiusauratus", "tench"]) == [0, 1]
+
+
+def test_json_round_trip(in1k):
+    again = Vocabulary.from_json(in1k.to_json())
+    assert again.labels == in1k.labels and again.hashtag_to_labels == in1k.hashtag_to_labels
+
+
+def test_unknown_vocabulary_and_policy_are_errors():
+    with pytest.raises(ValueError, match="unknown vocabulary"):
+        build_vocabulary("nope")
+    with pytest.raises(ValueError, match="ambiguous"):
+        build_vocabulary("wnids", ["n02012849"], ambiguous="guess")

@@ -1,0 +1,42 @@
+import pytest
+import timm
+import torch
+
+from wsp.models.backbones import create_backbone, export_backbone, load_backbone_weights
+
+
+def test_registered_tiny_resnext_is_a_resnext():
+    model = create_backbone("wsp_resnext_tiny")
+    assert model.layer1[0].conv2.groups == 8  # grouped convolution: cardinality 8
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, model.num_features)
+
+
+def test_32x48d_has_the_papers_width_and_size():
+    with torch.device("meta"):
+        model = create_backbone("resnext101_32x48d")
+    params = sum(p.numel() for p in model.parameters()) + 2048 * 1000 + 1000  # + the 1k-class fc
+    assert params == pytest.approx(829e6, rel=0.03)
+    assert model.layer1[0].conv2.groups == 32 and model.layer1[0].conv2.in_channels == 32 * 48
+
+
+def test_ig_aliases_and_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="32x8d"):
+        create_backbone("ig_resnext101_32x16d")
+    with pytest.raises(ValueError, match="not a timm model"):
+        create_backbone("resnext_nope")
+
+
+def test_export_loads_strictly_into_timm(tmp_path):
+    model = create_backbone("wsp_resnext_tiny")
+    path = export_backbone(model, tmp_path / "backbone.safetensors")
+    again = timm.create_model("wsp_resnext_tiny", pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file=str(path)))  # fmt: skip
+    x = torch.randn(1, 3, 64, 64)
+    model.eval(), again.eval()
+    assert torch.equal(model(x), again(x))
+
+
+def test_mismatched_weights_are_an_error_not_a_partial_load(tmp_path):
+    path = export_backbone(create_backbone("wsp_resnext_tiny"), tmp_path / "tiny.safetensors")
+    with pytest.raises(ValueError, match="does not fit"):
+        load_backbone_weights(create_backbone("wsp_resnext_small"), path)

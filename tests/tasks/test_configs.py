@@ -1,0 +1,32 @@
+"""Every config file composes through Hydra, as `python run.py` would compose it."""
+
+import pytest
+
+from wsp.config import group_choices
+
+GROUPS = ["task", "synthetic", "corpus", "data", "model", "optim", "trainer", "logger", "experiment"]
+
+
+@pytest.mark.parametrize(("group", "choice"), [(g, c) for g in GROUPS for c in group_choices(g)])
+def test_every_config_choice_composes(compose_config, group, choice):
+    cfg = compose_config(f"{group}={choice}")
+    assert cfg.task.name and cfg.model.name and cfg.data.name
+
+
+def test_every_model_config_names_a_registered_timm_model(compose_config):
+    from wsp.models.backbones import check_model_name
+
+    for choice in group_choices("model"):
+        check_model_name(compose_config(f"model={choice}").model.name)
+
+
+def test_transfer_tasks_default_to_a_labelled_dataset_and_user_choice_wins(compose_config):
+    assert compose_config("task=probe").data.name == "imagefolder"
+    assert compose_config("task=finetune").optim.schedule == "cosine"
+    assert compose_config("task=pretrain").data.name == "hashtags"
+    assert compose_config("task=probe", "data=hashtags").data.name == "hashtags"
+
+
+def test_image_size_travels_with_the_model(compose_config):
+    assert compose_config("model=resnext101_32x16d").data.image_size == 224
+    assert compose_config("model=resnext_tiny").data.image_size == 64

@@ -1,0 +1,80 @@
+"""Each task through Hydra-composed configs and `run_task`, with the real Trainer, on miniature data."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wsp.config import ConfigError
+from wsp.tasks import run_task
+
+FAST = ["logger=csv", "data.num_workers=0", "data.batch_size=8", "model.image_size=32"]
+
+
+def results(cfg) -> dict:
+    return json.loads((Path(cfg.output_dir) / "results.json").read_text())
+
+
+def test_pretrain_fast_dev_run_exports_a_backbone(compose_config, corpus_dir):
+    cfg = compose_config("task=pretrain", f"data.path={corpus_dir}", "+trainer.fast_dev_run=true", *FAST)
+    metrics = run_task(cfg)
+    assert Path(metrics["backbone"]).is_file()
+    assert results(cfg)["task"] == "pretrain" and results(cfg)["steps"] == 1
+
+
+def test_finetune_fast_dev_run(compose_config, synthetic_dir):
+    cfg = compose_config(
+        "task=finetune", f"data.root={synthetic_dir / 'target'}", "+trainer.fast_dev_run=true", *FAST
+    )
+    metrics = run_task(cfg)
+    assert 0 <= metrics["finetune/top1"] <= 100
+
+
+def test_pretrain_then_probe_and_finetune_from_its_outputs(
+    compose_config, corpus_dir, synthetic_dir, tmp_path
+):
+    pre = compose_config("task=pretrain", f"data.path={corpus_dir}", "task.images=32", *FAST)
+    pretrained = run_task(pre)
+    assert pretrained["steps"] == 4 and "val/top1" in pretrained
+    checkpoint = Path(pre.output_dir) / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    target = f"data.root={synthetic_dir / 'target'}"
+    for weights in (pretrained["backbone"], checkpoint):
+        probe = compose_config(
+            "task=probe", target, f"backbone.weights={weights}", "task.l2_grid=[0.01,1.0]", *FAST
+        )
+        metrics = run_task(probe)
+        assert (
+            0 <= metrics["probe/top1"] <= 100
+            and metrics["train_images"] == 24
+            and metrics["val_images"] == 18
+        )
+    tune = compose_config("task=finetune", target, f"backbone.weights={checkpoint}", "task.epochs=1", *FAST)
+    assert run_task(tune)["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["task=pretrain", "optim.base_lr=-1", "data.path=/x"], "optim.base_lr=-1"),
+        (["task=pretrain"], "data.path is required"),
+        (["task=pretrain", "data.path=/nonexistent"], "data.path=/nonexistent: no sizes.json"),
+        (["task=probe", "data.root=/nonexistent"], "data.root=/nonexistent: no train/ folder"),
+        (
+            ["task=probe", "data.root=/x", "backbone.weights=/no/such.safetensors"],
+            "backbone.weights=/no/such",
+        ),
+        (["task=corpus"], "corpus.input is required"),
+        (
+            ["task=finetune", "model.loss=hinge", "data.root=/x"],
+            "model.loss=hinge: valid are softmax, sigmoid",
+        ),
+        (["task=pretrain", "trainer.devices=auto", "data.path=/x"], None),
+    ],
+)
+def test_bad_config_values_fail_at_start_naming_the_key(compose_config, overrides, message, corpus_dir):
+    if message is None:  # a device count the lr cannot be derived from
+        overrides = ["task=pretrain", "trainer.devices=auto", f"data.path={corpus_dir}"]
+        message = "trainer.devices=auto"
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        run_task(compose_config(*overrides))

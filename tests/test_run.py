@@ -1,0 +1,58 @@
+"""run.py as users run it: real subprocesses, real Hydra, real output folders."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def test_cfg_job_prints_the_composed_config():
+    done = run("--cfg", "job")
+    assert done.returncode == 0
+    assert "task:\n  name: demo" in done.stdout and "model:\n  name: wsp_resnext_tiny" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model=nope"], "model=nope is not a config choice; valid: resnext101_32x16d"),
+        (["trainer=tpu,cpu"], "trainer=tpu is not a config choice"),
+        (["task=pretrain", "optim.base_lr=-0.1", "data.path=/x"], "optim.base_lr=-0.1: must be a number > 0"),
+        (["task=probe"], "data.root is required for task=probe"),
+    ],
+)
+def test_bad_input_fails_in_one_line(tmp_path, args, expected):
+    done = run(*args, f"hydra.run.dir={tmp_path}")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        f"error: {expected}" + done.stderr.strip().split(expected, 1)[1]
+    ]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_writes_results_plot_and_logs(tmp_path):
+    done = run("experiment=demo_small", f"hydra.run.dir={tmp_path}", "data.num_workers=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("pretrained_probe_top1", "random_probe_top1", "scratch_top1"):
+        assert 0 <= results[key] <= 100
+    assert "pretrained_probe_top1" in done.stdout and (tmp_path / "demo.png").stat().st_size > 10_000
+    assert results["corpus"]["train"] > 400
+    for stage in ("synthetic", "corpus", "pretrain", "probe_pretrained", "probe_random", "scratch"):
+        assert (tmp_path / stage / "results.json").is_file(), stage
+    assert (tmp_path / "pretrain" / "backbone.safetensors").is_file()
+    assert list((tmp_path / "pretrain").glob("wandb/offline-run-*")), "wandb logged offline"
+    assert (
+        (tmp_path / "pretrain" / "csv" / "metrics.csv")
+        .read_text()
+        .startswith(("epoch", "step", "train", "val"))
+    )

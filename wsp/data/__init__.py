@@ -1,0 +1,1 @@
+"""LightningDataModules: the hashtag corpus (WebDataset shards) and labelled image folders."""

@@ -1,0 +1,1 @@
+"""Hashtag engineering: parsing captions, WordNet access and canonical vocabularies."""

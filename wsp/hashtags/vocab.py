@@ -1,0 +1,119 @@
+"""Canonical hashtag vocabularies: every hashtag that spells a lemma of a vocabulary synset maps to that
+synset's label, so #brownbear, #bruin and #ursusarctos all become `n02132136` (brown_bear.n.01).
+
+The matching rule (also in the README): a hashtag matches a lemma when `normalize(hashtag) ==
+normalize(lemma)` (NFKC, case-folded, spaces/underscores/hyphens/apostrophes/periods removed). A
+normalised form that spells lemmas of several vocabulary synsets is resolved by `ambiguous`:
+  - `first_sense` (default): the synset WordNet lists first for that lemma (its most frequent sense);
+  - `all`: the hashtag gives every one of those synsets as a label;
+  - `drop`: the hashtag is ignored.
+The vocabulary is built once; labelling a post is then dict look-ups, never a WordNet query.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, astuple, dataclass
+from pathlib import Path
+
+from wsp.hashtags.parse import normalize
+from wsp.hashtags.wordnet import imagenet1k_wnids, load_wordnet, synset_to_wnid, wnid_to_synset
+
+AMBIGUITY_POLICIES = ("first_sense", "all", "drop")
+
+
+@dataclass(frozen=True)
+class Label:
+    id: int
+    wnid: str
+    name: str  # the synset's first lemma, e.g. brown_bear
+    lemmas: tuple[str, ...]
+
+
+class Vocabulary:
+    """Labels (canonical synsets) and the map from normalised hashtag to label ids."""
+
+    def __init__(self, labels: list[Label], hashtag_to_labels: dict[str, tuple[int, ...]]):
+        self.labels = labels
+        self.hashtag_to_labels = hashtag_to_labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def labels_of(self, hashtags: Iterable[str]) -> list[int]:
+        """Sorted, deduplicated label ids of normalised hashtags; unknown hashtags are ignored."""
+        found: set[int] = set()
+        for tag in hashtags:
+            found.update(self.hashtag_to_labels.get(tag, ()))
+        return sorted(found)
+
+    @classmethod
+    def from_wnids(cls, wnids: Iterable[str], ambiguous: str = "first_sense") -> Vocabulary:
+        if ambiguous not in AMBIGUITY_POLICIES:
+            raise ValueError(f"ambiguous={ambiguous!r}: must be one of {', '.join(AMBIGUITY_POLICIES)}")
+        synsets = [wnid_to_synset(w) for w in dict.fromkeys(wnids)]
+        labels = [
+            Label(i, synset_to_wnid(s), s.lemma_names()[0], tuple(s.lemma_names()))
+            for i, s in enumerate(synsets)
+        ]
+        candidates: dict[str, dict[int, str]] = {}  # normalised form -> {label id: the lemma spelling it}
+        for label in labels:
+            for lemma in label.lemmas:
+                candidates.setdefault(normalize(lemma), {}).setdefault(label.id, lemma)
+        index = {
+            form: resolved
+            for form, by_label in candidates.items()
+            if (resolved := _resolve(by_label, labels, ambiguous))
+        }
+        return cls(labels, index)
+
+    def restrict(self, label_ids: list[int]) -> Vocabulary:
+        """The sub-vocabulary of `label_ids`, renumbered 0..n-1 in that order; other hashtags unmapped."""
+        new_id = {old: new for new, old in enumerate(label_ids)}
+        labels = [Label(new_id[i], *astuple(self.labels[i])[1:]) for i in label_ids]
+        index = {}
+        for tag, ids in self.hashtag_to_labels.items():
+            if kept := tuple(new_id[i] for i in ids if i in new_id):
+                index[tag] = kept
+        return Vocabulary(labels, index)
+
+    def to_json(self) -> dict:
+        return {
+            "labels": [asdict(label) for label in self.labels],
+            "hashtags": {tag: list(ids) for tag, ids in sorted(self.hashtag_to_labels.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Vocabulary:
+        labels = [Label(d["id"], d["wnid"], d["name"], tuple(d["lemmas"])) for d in data["labels"]]
+        return cls(labels, {tag: tuple(ids) for tag, ids in data["hashtags"].items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+def _resolve(by_label: dict[int, str], labels: list[Label], ambiguous: str) -> tuple[int, ...]:
+    if len(by_label) == 1 or ambiguous == "all":
+        return tuple(sorted(by_label))
+    if ambiguous == "drop":
+        return ()
+    return (min(by_label, key=lambda i: (_sense_rank(by_label[i], labels[i].wnid), labels[i].wnid)),)
+
+
+def _sense_rank(lemma: str, wnid: str) -> int:
+    """Position of the synset among WordNet's noun senses of `lemma` (0 = most frequent sense)."""
+    senses = [synset_to_wnid(s) for s in load_wordnet().synsets(lemma, pos="n")]
+    return senses.index(wnid) if wnid in senses else len(senses)
+
+
+def build_vocabulary(name: str, wnids: list[str] | None = None, ambiguous: str = "first_sense") -> Vocabulary:
+    """A named vocabulary: `in1k` (the ImageNet-1k synsets) or `wnids` (an explicit list)."""
+    if name == "in1k":
+        return Vocabulary.from_wnids(imagenet1k_wnids(), ambiguous)
+    if name == "wnids":
+        if not wnids:
+            raise ValueError("vocabulary 'wnids' needs a non-empty list of wnids")
+        return Vocabulary.from_wnids(wnids, ambiguous)
+    raise ValueError(f"unknown vocabulary {name!r}: valid are in1k, wnids")

@@ -1,0 +1,100 @@
+"""The LightningModule for every training task: a timm backbone and a linear head.
+
+Pretraining feeds soft targets (normalised k-hot hashtag vectors); fine-tuning feeds class indices;
+both go through the same loss and the same label-set top-k metrics. Only plain values go into the
+hyperparameters (checkpoints load with weights_only=True).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from wsp.models.backbones import create_backbone, load_backbone_weights
+from wsp.models.losses import as_distribution, classification_loss, topk_hits
+from wsp.utils.schedule import lr_multiplier, peak_lr
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, model_name: str, num_classes: int, optim: dict, loss: str = "softmax",
+                 model_kwargs: dict | None = None, weights: str | None = None, channels_last: bool = True):  # fmt: skip
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = create_backbone(model_name, **(model_kwargs or {}))
+        if weights:
+            load_backbone_weights(self.backbone, weights)
+        self.head = nn.Linear(self.backbone.num_features, num_classes)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+        if channels_last:  # faster convolutions on CPU and on tensor cores
+            self.to(memory_format=torch.channels_last)
+        self.skipped_samples = 0
+        self._step_started = time.perf_counter()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(images))
+
+    def _split_batch(self, batch):
+        images, targets, *rest = batch
+        skipped = int(rest[0]) if rest else 0
+        return images, as_distribution(targets, self.hparams.num_classes), skipped
+
+    def training_step(self, batch, batch_idx):
+        images, target, skipped = self._split_batch(batch)
+        loss = classification_loss(self.hparams.loss, self(images), target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
+        self.skipped_samples += skipped
+        now = time.perf_counter()
+        self.log_dict({
+            "train/loss": loss,
+            "train/lr": self.optimizers().param_groups[0]["lr"],
+            "train/images_per_s": len(images) / max(now - self._step_started, 1e-9),
+            "train/skipped_samples": float(self.skipped_samples),
+        }, batch_size=len(images))  # fmt: skip
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(images))
+        self._step_started = now
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, target, skipped = self._split_batch(batch)
+        logits = self(images)
+        metrics = {
+            "val/loss": classification_loss(self.hparams.loss, logits, target),
+            "val/top1": 100 * topk_hits(logits, target, 1).mean(),
+            "val/top5": 100 * topk_hits(logits, target, 5).mean(),
+        }
+        self.log_dict(metrics, prog_bar=True, sync_dist=True, batch_size=len(images))
+        self.log(
+            "val/skipped_samples", float(skipped), reduce_fx="sum", sync_dist=True, batch_size=len(images)
+        )
+
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        peak = peak_lr(o["base_lr"], self.global_batch_size())
+        decay, no_decay = [], []
+        for param in self.parameters():
+            (no_decay if param.ndim <= 1 and not o["decay_norm_and_bias"] else decay).append(param)
+        optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=peak, momentum=o["momentum"], nesterov=o["nesterov"],
+        )  # fmt: skip
+        total = self.trainer.max_steps
+        warmup = round(o["warmup_fraction"] * total)
+        start = min(1.0, o["base_lr"] / peak)  # warm up from base_lr, as in Goyal et al.
+
+        def multiplier(step: int) -> float:
+            return lr_multiplier(step, total_steps=total, warmup_steps=warmup, warmup_start=start,
+                                 schedule=o["schedule"], halvings=o["halvings"])  # fmt: skip
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def global_batch_size(self) -> int:
+        datamodule = self.trainer.datamodule
+        return datamodule.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches

@@ -1,0 +1,22 @@
+"""One module per task; `run_task(cfg)` runs `wsp.tasks.<cfg.task.name>.run(cfg)` and records results.json."""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+from omegaconf import DictConfig
+
+from wsp.utils.loggers import finishing_wandb
+from wsp.utils.results import write_results
+
+TASKS = ("demo", "synthetic", "corpus", "pretrain", "probe", "finetune")
+
+
+def run_task(cfg: DictConfig) -> dict:
+    module = importlib.import_module(f"wsp.tasks.{cfg.task.name}")
+    start = time.perf_counter()
+    with finishing_wandb():
+        metrics = module.run(cfg)
+    write_results(cfg, metrics, time.perf_counter() - start)
+    return metrics

@@ -1,0 +1,52 @@
+"""What the training tasks share: the Lightning Trainer from config, and the data modules."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from wsp.config import ConfigError, require, require_choice
+from wsp.data.hashtags import HashtagDataModule
+from wsp.data.imagefolder import ImageFolderDataModule
+
+DATA_MODULES = {"hashtags": HashtagDataModule, "imagefolder": ImageFolderDataModule}
+
+
+def make_datamodule(cfg: DictConfig, kinds: tuple[str, ...]) -> pl.LightningDataModule:
+    require_choice(cfg, "data.name", kinds)
+    require(cfg, "data.path" if cfg.data.name == "hashtags" else "data.root")
+    args = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "name"}
+    try:
+        return DATA_MODULES[cfg.data.name](**args)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def world_size(cfg: DictConfig) -> int:
+    """Processes in the run: the global batch, hence the lr and the schedule's length, depend on it."""
+    devices = cfg.trainer.devices
+    if isinstance(devices, int) and devices > 0:
+        return devices * cfg.trainer.num_nodes
+    if OmegaConf.is_list(devices):
+        return len(devices) * cfg.trainer.num_nodes
+    raise ConfigError(f"trainer.devices={devices}: give a device count or a list of device ids")
+
+
+def steps_for(images: int, batch_size: int, cfg: DictConfig) -> int:
+    return max(1, math.ceil(images / (batch_size * world_size(cfg))))
+
+
+def make_trainer(cfg: DictConfig, max_steps: int, loggers: list) -> pl.Trainer:
+    checkpoints = ModelCheckpoint(dirpath=Path(cfg.output_dir) / "checkpoints", save_last=True)
+    return pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=loggers,
+        callbacks=[checkpoints],
+        default_root_dir=cfg.output_dir,
+    )

@@ -1,0 +1,30 @@
+"""task=finetune: train every layer on a labelled dataset; backbone.weights=null trains from scratch."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from wsp.config import check_training, require_positive
+from wsp.tasks.common import make_datamodule, make_trainer, steps_for
+from wsp.utils.loggers import build_loggers
+
+
+def run(cfg: DictConfig) -> dict:
+    from wsp.models.classifier import Classifier
+
+    check_training(cfg)
+    require_positive(cfg, "task.epochs")
+    datamodule = make_datamodule(cfg, ("imagefolder",))
+    train_size = len(datamodule.dataset("train", augment=False))
+    total_steps = steps_for(cfg.task.epochs * train_size, datamodule.batch_size, cfg)
+    model = Classifier(cfg.model.name, datamodule.num_classes, dict(cfg.optim), loss="softmax",
+                       model_kwargs=dict(cfg.model.kwargs), channels_last=cfg.model.channels_last, weights=cfg.backbone.weights)  # fmt: skip
+    trainer = make_trainer(cfg, total_steps, build_loggers(cfg))
+    trainer.fit(model, datamodule=datamodule)
+    (final,) = trainer.validate(model, datamodule=datamodule, verbose=False)
+    return {
+        "finetune/top1": final["val/top1"],
+        "finetune/top5": final["val/top5"],
+        "steps": trainer.global_step,
+        "weights": cfg.backbone.weights,
+    }

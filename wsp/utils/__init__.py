@@ -1,0 +1,1 @@
+"""Small shared helpers: learning-rate schedules, results files, loggers."""
