@@ -35,7 +35,9 @@ def main() -> None:
         labelled += bool(vocabulary.labels_of(tags))
     seconds = time.perf_counter() - start
     print(f"{args.captions} captions, {hashtags} hashtags in {seconds:.2f} s on one core")
-    print(f"{hashtags / seconds:,.0f} hashtags/s, {args.captions / seconds:,.0f} captions/s, {labelled} labelled")
+    print(
+        f"{hashtags / seconds:,.0f} hashtags/s, {args.captions / seconds:,.0f} captions/s, {labelled} labelled"
+    )
 
 
 if __name__ == "__main__":

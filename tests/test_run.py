@@ -56,3 +56,13 @@ def test_demo_end_to_end_writes_results_plot_and_logs(tmp_path):
         .read_text()
         .startswith(("epoch", "step", "train", "val"))
     )
+
+
+@pytest.mark.slow
+def test_default_demo_pretraining_beats_both_baselines_by_10_points(tmp_path):
+    """The README's claim, at the README's settings: the full default demo (about 6 minutes here)."""
+    done = run(f"hydra.run.dir={tmp_path}", "logger=csv", timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    baseline = max(results["random_probe_top1"], results["scratch_top1"])
+    assert results["pretrained_probe_top1"] >= baseline + 10, results

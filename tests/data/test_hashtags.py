@@ -82,3 +82,14 @@ def test_sqrt_resampling_flattens_label_histogram(corpus_dir):
     }
     assert spread["uniform"] < spread["natural"]
     assert spread["natural"] == pytest.approx((natural.max() / natural.min()).item(), rel=0.5)
+
+
+def test_train_stream_is_reproducible_and_reshuffled_each_pass(corpus_dir):
+    def keys_of_pass(dm, loader):
+        return [tuple(targets.argmax(1).tolist()) for _, targets, _ in loader]
+
+    first, second = datamodule(corpus_dir, seed=7), datamodule(corpus_dir, seed=7)
+    loader = first.train_dataloader()
+    pass_one = keys_of_pass(first, loader)
+    assert pass_one == keys_of_pass(second, second.train_dataloader())
+    assert pass_one != keys_of_pass(first, loader)  # the next pass draws and orders anew

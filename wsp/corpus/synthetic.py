@@ -186,7 +186,7 @@ def render(concepts: list[Concept], size: int, rng: np.random.Generator) -> byte
     bg, fg = _contrasting_colours(rng)
     image = Image.new("RGB", (canvas, canvas), bg)
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(2, 6)):  # clutter: lines and dots in random colours
+    for _ in range(rng.integers(1, 5)):  # clutter: lines and dots in random colours
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         x0, y0, x1, y1 = rng.uniform(0, canvas, 4)
         draw.line([(x0, y0), (x1, y1)], fill=colour, width=int(rng.integers(1, 3) * scale))
@@ -194,7 +194,7 @@ def render(concepts: list[Concept], size: int, rng: np.random.Generator) -> byte
         cx, cy = rng.uniform(0, canvas, 2)
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
     for i, concept in enumerate(concepts):
-        radius = canvas * (rng.uniform(0.22, 0.36) if i == 0 else rng.uniform(0.12, 0.18))
+        radius = canvas * (rng.uniform(0.26, 0.38) if i == 0 else rng.uniform(0.12, 0.18))
         centre = rng.uniform(radius, canvas - radius, 2)
         colour = fg if i == 0 else tuple(int(v) for v in 255 - np.array(bg))
         _draw_glyph(draw, concept, centre, radius, colour, rng)

@@ -33,23 +33,52 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-class ResampleByWeight(wds.PipelineStage):
-    """Emit each sample floor(r) or ceil(r) times, r = w_i * n_images, so a pass keeps its expected size.
+class SeededStage(wds.PipelineStage):
+    """A stage whose randomness is seeded by (seed, rank, worker, pass): reproducible, and different
+    on every rank, worker and pass over the data."""
 
-    The random stream is seeded by (seed, rank, worker, pass), so a run is reproducible.
-    """
+    def __init__(self, seed: int):
+        self.seed, self.passes = seed, 0
 
-    def __init__(self, weights: ImageWeights, n_images: int, seed: int):
-        self.weights, self.n_images, self.seed, self.passes = weights, n_images, seed, 0
-
-    def run(self, samples):
+    def next_rng(self) -> random.Random:
         worker = get_worker_info()
         rng = random.Random(hash((self.seed, _rank_and_world()[0], worker.id if worker else 0, self.passes)))
         self.passes += 1
+        return rng
+
+
+class ResampleByWeight(SeededStage):
+    """Emit each sample floor(r) or ceil(r) times, r = w_i * n_images, so a pass keeps its expected size."""
+
+    def __init__(self, weights: ImageWeights, n_images: int, seed: int):
+        super().__init__(seed)
+        self.weights, self.n_images = weights, n_images
+
+    def run(self, samples):
+        rng = self.next_rng()
         for sample in samples:
             repeats = self.weights(json.loads(sample["json"])["labels"]) * self.n_images
             for _ in range(int(repeats) + (rng.random() < repeats % 1)):
                 yield sample
+
+
+class Shuffle(SeededStage):
+    """Shuffle within a buffer of `size` samples (streams are too large to shuffle whole)."""
+
+    def __init__(self, size: int, seed: int):
+        super().__init__(seed)
+        self.size = size
+
+    def run(self, samples):
+        rng, buffer = self.next_rng(), []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.size:
+                i = rng.randrange(len(buffer))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield buffer.pop()
+        rng.shuffle(buffer)
+        yield from buffer
 
 
 class DecodeAndSkip(wds.PipelineStage):
@@ -119,7 +148,7 @@ class HashtagDataModule(pl.LightningDataModule):
         return [str(self.path / s) for s in shards]
 
     def train_dataloader(self) -> DataLoader:
-        rank, world = _rank_and_world()
+        _, world = _rank_and_world()
         workers = max(1, self.num_workers)
         if len(self.train_shards) < world * workers:
             raise ValueError(
@@ -133,9 +162,7 @@ class HashtagDataModule(pl.LightningDataModule):
             wds.split_by_worker,
             wds.tarfile_to_samples(),
             ResampleByWeight(self.weights, self.num_samples("train"), self.seed),
-            wds.shuffle(
-                self.shuffle_buffer, initial=self.shuffle_buffer // 4, rng=random.Random(self.seed + rank)
-            ),
+            Shuffle(self.shuffle_buffer, self.seed),
             DecodeAndSkip(train_transform(self.image_size, self.min_scale), self.num_classes),
             wds.batched(self.batch_size, collation_fn=collate, partial=False),
         )

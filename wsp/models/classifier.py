@@ -13,19 +13,17 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from wsp.models.backbones import create_backbone, load_backbone_weights
+from wsp.models.backbones import create_backbone
 from wsp.models.losses import as_distribution, classification_loss, topk_hits
 from wsp.utils.schedule import lr_multiplier, peak_lr
 
 
 class Classifier(pl.LightningModule):
     def __init__(self, model_name: str, num_classes: int, optim: dict, loss: str = "softmax",
-                 model_kwargs: dict | None = None, weights: str | None = None, channels_last: bool = True):  # fmt: skip
+                 model_kwargs: dict | None = None, channels_last: bool = True):  # fmt: skip
         super().__init__()
         self.save_hyperparameters()
         self.backbone = create_backbone(model_name, **(model_kwargs or {}))
-        if weights:
-            load_backbone_weights(self.backbone, weights)
         self.head = nn.Linear(self.backbone.num_features, num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)

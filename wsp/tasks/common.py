@@ -26,6 +26,17 @@ def make_datamodule(cfg: DictConfig, kinds: tuple[str, ...]) -> pl.LightningData
         raise ConfigError(str(err)) from None
 
 
+def load_pretrained(cfg: DictConfig, backbone) -> None:
+    """Load `backbone.weights` (exported .safetensors or Lightning .ckpt) strictly; null keeps random init."""
+    from wsp.models.backbones import load_backbone_weights
+
+    if cfg.backbone.weights:
+        try:
+            load_backbone_weights(backbone, cfg.backbone.weights)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(str(err)) from None
+
+
 def world_size(cfg: DictConfig) -> int:
     """Processes in the run: the global batch, hence the lr and the schedule's length, depend on it."""
     devices = cfg.trainer.devices

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from wsp.config import check_training, require_positive
-from wsp.tasks.common import make_datamodule, make_trainer, steps_for
+from wsp.tasks.common import load_pretrained, make_datamodule, make_trainer, steps_for
 from wsp.utils.loggers import build_loggers
 
 
@@ -18,7 +18,8 @@ def run(cfg: DictConfig) -> dict:
     train_size = len(datamodule.dataset("train", augment=False))
     total_steps = steps_for(cfg.task.epochs * train_size, datamodule.batch_size, cfg)
     model = Classifier(cfg.model.name, datamodule.num_classes, dict(cfg.optim), loss="softmax",
-                       model_kwargs=dict(cfg.model.kwargs), channels_last=cfg.model.channels_last, weights=cfg.backbone.weights)  # fmt: skip
+                       model_kwargs=dict(cfg.model.kwargs), channels_last=cfg.model.channels_last)  # fmt: skip
+    load_pretrained(cfg, model.backbone)
     trainer = make_trainer(cfg, total_steps, build_loggers(cfg))
     trainer.fit(model, datamodule=datamodule)
     (final,) = trainer.validate(model, datamodule=datamodule, verbose=False)

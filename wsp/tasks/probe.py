@@ -5,12 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from wsp.config import ConfigError, require_positive
-from wsp.tasks.common import make_datamodule
+from wsp.tasks.common import load_pretrained, make_datamodule
 from wsp.utils.loggers import build_loggers, log_metrics
 
 
 def run(cfg: DictConfig) -> dict:
-    from wsp.models.backbones import check_model_name, create_backbone, load_backbone_weights
+    from wsp.models.backbones import create_backbone
     from wsp.models.probe import accuracy, extract_features, select_and_fit
 
     require_positive(
@@ -20,12 +20,10 @@ def run(cfg: DictConfig) -> dict:
         *[f"task.l2_grid.{i}" for i in range(len(cfg.task.l2_grid))],
     )
     try:
-        check_model_name(cfg.model.name)
         backbone = create_backbone(cfg.model.name, **cfg.model.kwargs)
-        if cfg.backbone.weights:
-            load_backbone_weights(backbone, cfg.backbone.weights)
-    except (FileNotFoundError, ValueError) as err:
+    except ValueError as err:
         raise ConfigError(str(err)) from None
+    load_pretrained(cfg, backbone)
     datamodule = make_datamodule(cfg, ("imagefolder",))
     features = {
         split: extract_features(backbone, loader, desc=f"features ({split})")
