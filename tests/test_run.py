@@ -39,6 +39,15 @@ def test_bad_input_fails_in_one_line(tmp_path, args, expected):
 
 
 @pytest.fixture(scope="module")
+def synthetic_dir_for_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic_run")
+    done = run("task=synthetic", f"hydra.run.dir={out}", "synthetic.posts=400", "synthetic.concepts=6",
+               "synthetic.image_size=48", "synthetic.posts_per_file=100")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
 def demo_small(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """`python run.py experiment=demo_small`, with wandb offline as by default."""
     out = tmp_path_factory.mktemp("demo_small")
@@ -83,3 +92,27 @@ def test_default_demo_pretraining_beats_both_baselines_by_10_points(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     baseline = max(results["random_probe_top1"], results["scratch_top1"])
     assert results["pretrained_probe_top1"] >= baseline + 10, results
+
+
+@pytest.mark.slow
+def test_corpus_map_stages_run_as_submitit_job_arrays(tmp_path, synthetic_dir_for_runs):
+    """The SLURM path, on submitit's local executor: each map stage a Hydra multirun over input parts."""
+    posts = f"corpus.input={synthetic_dir_for_runs / 'posts' / '*.jsonl'}"
+    common = [posts, "corpus.shard_size=50", "logger=csv"]
+
+    def stage(name, *extra, multirun=False):
+        args = ["-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / name}"] if multirun else [
+            f"hydra.run.dir={tmp_path / name}"]  # fmt: skip
+        done = run(*args, "task=corpus", f"corpus.stage={name}", *common, *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    staged = f"corpus.output={tmp_path / 'staged'}"
+    stage("count", staged, "corpus.num_parts=2", "corpus.part=0,1", multirun=True)
+    stage("vocab", staged)
+    stage("write", staged, "corpus.num_parts=2", "corpus.part=0,1", multirun=True)
+    stage("finalize", staged)
+    stage("all", f"corpus.output={tmp_path / 'local'}")
+    for name in ("sizes.json", "vocab.json", "stats.json"):
+        assert (tmp_path / "staged" / name).read_text() == (tmp_path / "local" / name).read_text(), name
+    assert sorted(p.name for p in (tmp_path / "staged").glob("*.tar")) == sorted(
+        p.name for p in (tmp_path / "local").glob("*.tar"))  # fmt: skip

@@ -1,6 +1,6 @@
 import pytest
 
-from wsp.hashtags.parse import extract_hashtags
+from wsp.hashtags.parse import extract_hashtags, normalize
 from wsp.hashtags.vocab import Vocabulary, build_vocabulary
 
 BROWN_BEAR = "n02132136"
@@ -60,3 +60,56 @@ def test_unknown_vocabulary_and_policy_are_errors():
         build_vocabulary("nope")
     with pytest.raises(ValueError, match="ambiguous"):
         build_vocabulary("wnids", ["n02012849"], ambiguous="guess")
+
+
+@pytest.fixture(scope="module")
+def wordnet_nouns():
+    return build_vocabulary("wordnet")
+
+
+def test_wordnet_vocabulary_covers_every_noun_synset(wordnet_nouns):
+    assert len(wordnet_nouns) == 82_115  # WordNet 3.0 noun synsets
+    assert wnids_of(wordnet_nouns, "#brownbear #ursusarctos") == [BROWN_BEAR]
+    assert wnids_of(wordnet_nouns, "#love") == ["n07543288"]  # love.n.01: off-vocabulary for in1k only
+
+
+def test_wnids_and_hashtag_list_files(tmp_path):
+    (tmp_path / "wnids.txt").write_text(f"# my classes\n{BROWN_BEAR}\n{GOLDFISH}\n")
+    from_file = build_vocabulary("wnids", list_file=str(tmp_path / "wnids.txt"))
+    assert [label.wnid for label in from_file.labels] == [BROWN_BEAR, GOLDFISH]
+    (tmp_path / "tags.txt").write_text("#UrsusArctos\ngoldfish\nnotaword\n")
+    from_tags = build_vocabulary("hashtags", list_file=str(tmp_path / "tags.txt"))
+    assert sorted(from_tags.hashtag_to_labels) == ["goldfish", "ursusarctos"]  # only listed spellings map
+    assert from_tags.labels_of(["brownbear"]) == []
+    assert wnids_of(from_tags, "#ursus_arctos") == [BROWN_BEAR]
+
+
+def test_in1k_label_count_on_a_corpus_where_every_lemma_occurs(tmp_path, in1k, corpus_dir):
+    """The paper's IN-1k vocabulary has ~1.5k hashtags; canonicalised, they are at most 1,000 labels."""
+    import json
+
+    import webdataset as wds
+
+    from wsp.corpus.build import BuildOptions, build
+    from wsp.corpus.posts import Columns
+
+    image = next(iter(wds.WebDataset(str(sorted(corpus_dir.glob("train-*.tar"))[0]), shardshuffle=False)))[
+        "jpg"
+    ]
+    (tmp_path / "a.jpg").write_bytes(image)
+    lemmas = sorted({lemma for label in in1k.labels for lemma in label.lemmas})
+    # as people type them: #jackolantern for jack-o'-lantern
+    rows = [
+        {"key": f"p{i}", "image": "a.jpg", "caption": "#" + normalize(lemma)}
+        for i, lemma in enumerate(lemmas)
+    ]
+    (tmp_path / "posts.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    counts = {}
+    for policy in ("first_sense", "all", "drop"):
+        vocab = build_vocabulary("in1k", ambiguous=policy)
+        stats = build(
+            [tmp_path / "posts.jsonl"], tmp_path / policy, vocab, Columns(), BuildOptions(val_fraction=0.0)
+        )
+        counts[policy] = stats["labels"]["kept"]
+    assert len(in1k.hashtag_to_labels) == 1804  # distinct hashtag forms of the 1,000 synsets' lemmas
+    assert counts == {"first_sense": 998, "all": 1000, "drop": 993}

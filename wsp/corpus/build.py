@@ -1,35 +1,50 @@
-"""The corpus builder: posts tables -> canonical labels -> WebDataset shards, in two streaming passes.
+"""The corpus builder: posts -> canonical labels -> WebDataset shards, as two map passes with small reduces.
 
-Pass 1 counts canonical labels (memory bounded by the vocabulary); the reduce keeps labels seen in at
-least `min_count` posts and numbers them compactly. Pass 2 labels each post again, passes its image
-bytes through unchanged and writes train/val shards. Every post that is not written is counted under
-its reason in stats.json, with a few example keys.
+    count (map over input units)  ->  vocab (reduce: label counts -> kept labels, compact ids)
+    write (map over input units)  ->  finalize (reduce: sizes.json, stats.json, vocab.json, _info.json)
 
-Outputs beside the shards: vocab.json (labels, their train frequencies, the hashtag map), sizes.json
-(samples per shard), stats.json (counts of everything kept and dropped).
+A unit is one input file (posts table or img2dataset shard). Every map step of a unit writes its
+result atomically under `<output>/_work/` and is skipped when rerun, so a build killed at any moment
+and run again finishes with exactly the shards of an uninterrupted build; unit i writes only shards
+named `<split>-<i>-<j>.tar`, each atomically, so units run in any order, in a local process pool or
+as SLURM array tasks (`corpus.stage` + `corpus.part`). Memory is bounded by the vocabulary: posts stream.
+Every post not written is counted under its reason in stats.json, with a few example keys.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from wsp.corpus.posts import Columns, Post, read_posts
-from wsp.corpus.sampling import label_frequencies
+from wsp.corpus.noise import LabelNoise
+from wsp.corpus.posts import Columns, Post, img2dataset_source_stats, read_posts
 from wsp.corpus.shards import ShardSink
 from wsp.hashtags.parse import MAX_HASHTAG_CHARS, extract_hashtags, normalize_hashtags
 from wsp.hashtags.vocab import Vocabulary
 
-IMAGE_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 EXAMPLES_PER_REASON = 5
+# Reasons that mean the input is broken (as opposed to posts filtered out by design).
+ERROR_REASONS = frozenset({
+    "malformed_row", "no_image_reference", "no_caption_or_hashtags", "missing_image", "unreadable_image",
+    "truncated_image", "corrupt_shard",
+})  # fmt: skip
+IMAGE_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"RIFF", "webp"))
+STAGES = ("all", "count", "vocab", "write", "finalize")
+
+
+class CorpusError(ValueError):
+    """The build cannot go on: too much bad input, nothing to label, stages run out of order."""
 
 
 @dataclass(frozen=True)
@@ -37,26 +52,49 @@ class BuildOptions:
     shard_size: int = 1000
     val_fraction: float = 0.05
     min_count: int = 1
+    max_labels: int | None = None  # keep only the N most frequent labels (the paper's 8.5k set)
     max_hashtag_chars: int = MAX_HASHTAG_CHARS
+    label_noise: float = 0.0  # probability of replacing each label (the paper's noise study)
+    seed: int = 0
+    max_error_rate: float = 0.1  # fail when more of the input than this is broken
+    verify_images: str = "header"  # header (fast container check) | decode (full decode)
+    exclude: tuple[str, ...] = ()  # post keys to drop (e.g. near-duplicates of evaluation images)
+
+    def fingerprint(self, inputs: list[Path], vocabulary: Vocabulary) -> str:
+        """Identifies a build: cached map results of another build are never reused."""
+        data = json.dumps([asdict(self), [str(p) for p in inputs], vocabulary.to_json()], sort_keys=True)
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-class DropCounter:
-    """Counts of posts not written, by reason, with a few example keys for each."""
+@dataclass
+class Drops:
+    """Posts not written, by reason, with a few example keys each."""
 
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.examples: dict[str, list[str]] = defaultdict(list)
+    counts: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=lambda: defaultdict(list))
 
     def drop(self, reason: str, key: str) -> None:
         self.counts[reason] += 1
         if len(self.examples[reason]) < EXAMPLES_PER_REASON:
             self.examples[reason].append(key)
 
+    def merge(self, other: dict) -> None:
+        self.counts.update(other["counts"])
+        for reason, keys in other["examples"].items():
+            self.examples[reason].extend(keys[: EXAMPLES_PER_REASON - len(self.examples[reason])])
+
+    def to_json(self) -> dict:
+        return {"counts": dict(sorted(self.counts.items())), "examples": dict(sorted(self.examples.items()))}
+
+    def errors(self) -> int:
+        return sum(n for reason, n in self.counts.items() if reason in ERROR_REASONS)
+
 
 def expand_inputs(patterns: list[str] | str) -> list[Path]:
-    """Sorted paths matching glob patterns (sorted, so the build is order-independent of the file system)."""
+    """Sorted paths matching glob patterns: unit numbers do not depend on the file system's order."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     paths = sorted({Path(p) for pattern in patterns for p in glob.glob(str(pattern), recursive=True)})
+    paths = [p for p in paths if p.is_file() and not p.name.endswith("_stats.json")]
     if not paths:
         raise FileNotFoundError(f"corpus.input matches no file: {patterns}")
     return paths
@@ -64,7 +102,9 @@ def expand_inputs(patterns: list[str] | str) -> list[Path]:
 
 def hashtags_of(post: Post, max_chars: int) -> list[str]:
     tags = extract_hashtags(post.caption, max_chars) if post.caption else []
-    return list(dict.fromkeys(tags + normalize_hashtags(post.hashtags or [], max_chars)))
+    if post.hashtags:
+        tags = list(dict.fromkeys(tags + normalize_hashtags(post.hashtags, max_chars)))
+    return tags
 
 
 def is_val(key: str, val_fraction: float) -> bool:
@@ -77,102 +117,268 @@ def shard_key(key: str) -> str:
     return key.replace(".", "_").replace("/", "_")
 
 
-def _posts(inputs: list[Path], columns: Columns, desc: str):
-    for path in tqdm(inputs, desc=desc, unit="table"):
-        yield from read_posts(path, columns)
+def image_of(post: Post, verify: str) -> tuple[bytes, str]:
+    """The image bytes (unchanged) and WebDataset extension; raises ValueError(reason) if unusable.
 
-
-def count_labels(
-    inputs: list[Path], vocabulary: Vocabulary, columns: Columns, options: BuildOptions
-) -> Counter:
-    """Pass 1: the number of posts carrying each label (memory: one counter per label)."""
-    counts: Counter[int] = Counter()
-    for post in _posts(inputs, columns, "corpus pass 1/2 (count)"):
-        if post.error is None:
-            counts.update(vocabulary.labels_of(hashtags_of(post, options.max_hashtag_chars)))
-    return counts
-
-
-def read_image(path: Path) -> tuple[bytes, str]:
-    """The file's bytes (unchanged) and WebDataset extension; raises ValueError if not a usable image."""
-    extension = IMAGE_EXTENSIONS.get(path.suffix.lower())
+    `header` checks the container cheaply, without decoding: its magic bytes and, for JPEG and PNG,
+    the end marker that a truncated file lacks. `decode` decodes every pixel. The training loader
+    skips and counts whatever still fails to decode.
+    """
+    data = post.image_bytes
+    if data is None:
+        try:
+            with open(post.image_path, "rb") as file:
+                data = file.read()
+        except OSError as err:
+            raise ValueError("missing_image") from err
+    extension = next((ext for magic, ext in IMAGE_MAGIC if data.startswith(magic)), None)
     if extension is None:
-        raise ValueError("unsupported_image_type")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ValueError("missing_image") from err
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-    except Exception as err:  # PIL raises many types on bad files
-        raise ValueError("unreadable_image") from err
+        raise ValueError("unreadable_image")
+    if (extension == "jpg" and b"\xff\xd9" not in data[-1024:]) or (
+        extension == "png" and b"IEND" not in data[-32:]
+    ):
+        raise ValueError("truncated_image")
+    if verify == "decode":
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except Exception as err:  # PIL raises many types on bad files
+            raise ValueError("unreadable_image") from err
     return data, extension
 
 
-def build(
-    inputs: list[Path], output: Path, vocabulary: Vocabulary, columns: Columns, options: BuildOptions
-) -> dict:
-    output.mkdir(parents=True, exist_ok=True)
-    counts = count_labels(inputs, vocabulary, columns, options)
-    kept = sorted(label for label, n in counts.items() if n >= options.min_count)
-    corpus_vocab = vocabulary.restrict(kept)
-    if not len(corpus_vocab):
-        raise ValueError(
-            f"no label occurs in at least corpus.min_count={options.min_count} posts of {inputs[0].parent}"
-        )
+# ---- the map steps (pure functions of one unit; picklable for process pools) ----
 
-    drops = DropCounter()
-    sinks = {split: ShardSink(output, split, options.shard_size) for split in ("train", "val")}
-    train_label_sets: list[list[int]] = []
-    posts_read = 0
-    for post in _posts(inputs, columns, "corpus pass 2/2 (write)"):
-        posts_read += 1
+
+def count_unit(unit: Path, vocabulary: Vocabulary, columns: Columns, options: BuildOptions) -> dict:
+    """Pass 1 over one unit: posts carrying each label, and unusable rows by reason."""
+    labels: Counter[int] = Counter()
+    drops, posts = Drops(), 0
+    for post in read_posts(unit, columns):
+        posts += 1
+        if post.error is not None:
+            drops.drop(post.error, post.key)
+        else:
+            labels.update(vocabulary.labels_of(hashtags_of(post, options.max_hashtag_chars)))
+    return {"posts": posts, "labels": {str(k): v for k, v in labels.items()}, "drops": drops.to_json()}
+
+
+def write_unit(index: int, unit: Path, output: Path, full: Vocabulary, kept: Vocabulary, columns: Columns,
+               options: BuildOptions, marginal: np.ndarray) -> dict:  # fmt: skip
+    """Pass 2 over one unit: label, (optionally) corrupt labels, check images, write this unit's shards."""
+    for stale in output.glob(f"*-{index:05d}-*.tar.tmp"):
+        stale.unlink()
+    noise = LabelNoise(options.label_noise, marginal, options.seed) if options.label_noise > 0 else None
+    excluded = frozenset(options.exclude)
+    sinks = {
+        split: ShardSink(output, f"{split}-{index:05d}", options.shard_size) for split in ("train", "val")
+    }
+    drops, posts, frequencies = Drops(), 0, [0.0] * len(kept)
+    replaced = total_labels = 0
+    for post in read_posts(unit, columns):
+        posts += 1
         if post.error is not None:
             drops.drop(post.error, post.key)
             continue
+        if post.key in excluded:
+            drops.drop("excluded", post.key)
+            continue
         hashtags = hashtags_of(post, options.max_hashtag_chars)
-        labels = corpus_vocab.labels_of(hashtags)
+        labels = kept.labels_of(hashtags)
         if not labels:
-            reason = "rare_labels_only" if vocabulary.labels_of(hashtags) else "no_vocabulary_hashtag"
-            drops.drop(reason, post.key)
+            drops.drop("rare_labels_only" if full.labels_of(hashtags) else "no_vocabulary_hashtag", post.key)
             continue
         try:
-            image, extension = read_image(post.image_path)
+            image, extension = image_of(post, options.verify_images)
         except ValueError as err:
             drops.drop(str(err), post.key)
             continue
+        meta = {"labels": labels, "hashtags": hashtags, "source": post.key}
+        if noise is not None:
+            noisy = noise.apply(labels, post.key)
+            replaced += sum(a != b for a, b in zip(labels, noisy.replaced, strict=True))
+            total_labels += len(labels)
+            meta = {**meta, "labels": noisy.labels, "clean_labels": labels}
+        meta["label_names"] = [kept.labels[i].name for i in meta["labels"]]
         split = "val" if is_val(post.key, options.val_fraction) else "train"
-        meta = {
-            "labels": labels,
-            "label_names": [corpus_vocab.labels[i].name for i in labels],
-            "hashtags": hashtags,
-            "source": post.key,
-        }
         sinks[split].write({"__key__": shard_key(post.key), extension: image, "json": meta})
         if split == "train":
-            train_label_sets.append(labels)
+            for label in meta["labels"]:
+                frequencies[label] += 1.0 / len(meta["labels"])
     sizes = {name: n for sink in sinks.values() for name, n in sink.close().items()}
+    return {"posts": posts, "sizes": sizes, "drops": drops.to_json(), "train_frequency": frequencies,
+            "noise": {"replaced": replaced, "labels": total_labels}}  # fmt: skip
 
-    frequencies = label_frequencies(train_label_sets, len(corpus_vocab))
-    label_counts = Counter(label for labels in train_label_sets for label in labels)
-    vocab_json = corpus_vocab.to_json()
-    for entry in vocab_json["labels"]:
-        entry["train_images"] = label_counts[entry["id"]]
-        entry["train_frequency"] = float(frequencies[entry["id"]])
-    stats = {
-        "inputs": [str(p) for p in inputs],
-        "posts_read": posts_read,
-        "written": {split: sum(n for name, n in sizes.items() if name.startswith(split)) for split in sinks},
-        "dropped": dict(sorted(drops.counts.items())),
-        "dropped_examples": dict(sorted(drops.examples.items())),
-        "labels": {"vocabulary": len(vocabulary), "seen": len(counts), "kept": len(corpus_vocab)},
-        "options": options.__dict__,
+
+# ---- the builder: stages, resumable through per-unit results in <output>/_work ----
+
+
+class CorpusBuilder:
+    def __init__(self, inputs: list[Path], output: Path, vocabulary: Vocabulary, columns: Columns,
+                 options: BuildOptions, workers: int = 1):  # fmt: skip
+        self.inputs, self.output, self.vocabulary = inputs, Path(output), vocabulary
+        self.columns, self.options, self.workers = columns, options, max(1, workers)
+        self.work = self.output / "_work" / options.fingerprint(inputs, vocabulary)
+
+    def run(self, stage: str = "all", part: int = 0, num_parts: int = 1) -> dict | None:
+        if stage not in STAGES:
+            raise CorpusError(f"corpus.stage={stage}: valid are {', '.join(STAGES)}")
+        self.work.mkdir(parents=True, exist_ok=True)
+        mine = [i for i in range(len(self.inputs)) if stage == "all" or i % num_parts == part]
+        if stage in ("all", "count"):
+            self._map("count", mine)
+        if stage in ("all", "vocab"):
+            self._reduce_vocabulary()
+        if stage in ("all", "write"):
+            self._map("write", mine)
+        if stage in ("all", "finalize"):
+            return self._finalize()
+        return None
+
+    def _result_path(self, step: str, index: int) -> Path:
+        return self.work / f"{step}-{index:05d}.json"
+
+    def _map(self, step: str, indices: list[int]) -> None:
+        todo = [i for i in indices if not self._result_path(step, i).is_file()]
+        if step == "count":
+            jobs = {
+                i: (count_unit, self.inputs[i], self.vocabulary, self.columns, self.options) for i in todo
+            }
+        else:
+            kept, marginal = self._kept_vocabulary()
+            jobs = {i: (write_unit, i, self.inputs[i], self.output, self.vocabulary, kept, self.columns,
+                        self.options, marginal) for i in todo}  # fmt: skip
+        with tqdm(
+            total=len(indices), initial=len(indices) - len(todo), desc=f"corpus {step}", unit="unit"
+        ) as bar:
+            for index, result in _run(jobs, self.workers):
+                _write_json(self._result_path(step, index), result)  # the unit's step is done
+                bar.update()
+
+    def _results(self, step: str) -> list[dict]:
+        missing = [i for i in range(len(self.inputs)) if not self._result_path(step, i).is_file()]
+        if missing:
+            raise CorpusError(
+                f"corpus.stage: the {step} step has not run on units {missing[:5]} (of {len(self.inputs)})"
+            )
+        return [json.loads(self._result_path(step, i).read_text()) for i in range(len(self.inputs))]
+
+    def _reduce_vocabulary(self) -> None:
+        counts = self._results("count")
+        drops = Drops()
+        for result in counts:
+            drops.merge(result["drops"])
+        posts = sum(r["posts"] for r in counts)
+        self._check_error_rate(drops, posts)
+        label_counts: Counter[int] = Counter()
+        for result in counts:
+            label_counts.update({int(k): v for k, v in result["labels"].items()})
+        kept = sorted((label for label, n in label_counts.items() if n >= self.options.min_count),
+                      key=lambda label: (-label_counts[label], label))[: self.options.max_labels]  # fmt: skip
+        if not kept:
+            raise CorpusError(f"no label occurs in at least corpus.min_count={self.options.min_count} posts")
+        kept = sorted(kept)  # label ids follow the vocabulary's order, whatever the counts
+        _write_json(self.work / "kept.json", {"labels": kept, "counts": [label_counts[i] for i in kept],
+                                              "seen": len(label_counts)})  # fmt: skip
+
+    def _kept_vocabulary(self) -> tuple[Vocabulary, np.ndarray]:
+        path = self.work / "kept.json"
+        if not path.is_file():
+            raise CorpusError("corpus.stage=write needs corpus.stage=vocab to have run")
+        kept = json.loads(path.read_text())
+        counts = np.array(kept["counts"], dtype=np.float64)
+        return self.vocabulary.restrict(kept["labels"]), counts / counts.sum()
+
+    def _finalize(self) -> dict:
+        writes = self._results("write")
+        kept_vocab, _ = self._kept_vocabulary()
+        kept = json.loads((self.work / "kept.json").read_text())
+        drops = Drops()
+        for result in writes:
+            drops.merge(result["drops"])
+        posts = sum(r["posts"] for r in writes)
+        sizes = {name: n for r in writes for name, n in sorted(r["sizes"].items())}
+        frequency = np.sum([r["train_frequency"] for r in writes], axis=0)
+        noise = {k: sum(r["noise"][k] for r in writes) for k in ("replaced", "labels")}
+        vocab_json = kept_vocab.to_json()
+        for entry, count, freq in zip(vocab_json["labels"], kept["counts"], frequency, strict=True):
+            entry["posts"] = count
+            entry["train_frequency"] = float(freq)
+        source_failures = Counter()
+        for unit in self.inputs:
+            source_failures.update(img2dataset_source_stats(unit))
+        stats = {
+            "inputs": len(self.inputs),
+            "posts_read": posts,
+            "written": {
+                s: sum(n for name, n in sizes.items() if name.startswith(s)) for s in ("train", "val")
+            },
+            "dropped": drops.to_json()["counts"],
+            "dropped_examples": drops.to_json()["examples"],
+            "errors": drops.errors(),
+            "labels": {"vocabulary": len(self.vocabulary), "seen": kept["seen"], "kept": len(kept_vocab)},
+            "label_noise": {**noise, "rate": noise["replaced"] / noise["labels"] if noise["labels"] else 0.0},
+            "source_failures": dict(sorted(source_failures.items())),
+            "options": asdict(self.options) | {"exclude": len(self.options.exclude)},
+        }
+        _write_json(self.output / "vocab.json", vocab_json)
+        _write_json(self.output / "sizes.json", sizes)
+        _write_json(self.output / "stats.json", stats)
+        _write_json(self.output / "_info.json", _timm_info(kept_vocab))
+        _plot_zipf(frequency, self.output / "zipf.png")
+        self._check_error_rate(drops, posts)
+        return stats
+
+    def _check_error_rate(self, drops: Drops, posts: int) -> None:
+        rate = drops.errors() / max(posts, 1)
+        if rate > self.options.max_error_rate:
+            worst = ", ".join(f"{r}={n}" for r, n in drops.counts.most_common() if r in ERROR_REASONS)
+            raise CorpusError(f"{rate:.1%} of {posts} posts are broken (corpus.max_error_rate="
+                              f"{self.options.max_error_rate}): {worst}; examples in {self.output}/stats.json")  # fmt: skip
+
+
+def build(inputs: list[Path], output: Path, vocabulary: Vocabulary, columns: Columns, options: BuildOptions,
+          workers: int = 1) -> dict:  # fmt: skip
+    """Build a corpus in this process (and a pool of `workers`): every stage, resuming finished units."""
+    return CorpusBuilder(inputs, output, vocabulary, columns, options, workers).run("all")
+
+
+def _run(jobs: dict[int, tuple], workers: int):
+    """(index, result) of each job `(fn, *args)`, in a process pool when there is more than one worker."""
+    if workers == 1 or len(jobs) <= 1:
+        for index, (fn, *args) in jobs.items():
+            yield index, fn(*args)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        futures = {pool.submit(fn, *args): index for index, (fn, *args) in jobs.items()}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _timm_info(vocabulary: Vocabulary) -> dict:
+    """timm-style dataset info: class count, label names (wnids) and their descriptions (lemmas)."""
+    return {
+        "num_classes": len(vocabulary),
+        "label_names": [label.wnid for label in vocabulary.labels],
+        "label_descriptions": {label.wnid: label.name for label in vocabulary.labels},
     }
-    _write_json(output / "vocab.json", vocab_json)
-    _write_json(output / "sizes.json", sizes)
-    _write_json(output / "stats.json", stats)
-    return stats
+
+
+def _plot_zipf(frequency: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = np.sort(frequency[frequency > 0])[::-1]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.loglog(np.arange(1, len(ranked) + 1), ranked, marker="." if len(ranked) < 200 else None)
+    ax.set_xlabel("label rank")
+    ax.set_ylabel("train images (fractional)")
+    ax.set_title(f"label frequencies ({len(ranked)} labels)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,19 +1,27 @@
-"""Streaming readers for posts tables (JSON Lines, CSV): one record per post, never the whole table.
+"""Streaming readers for the corpus builder's inputs, one record per post, never a whole input in memory.
 
-A post has a key, an image reference (a path, absolute or relative to the table's folder) and either a
-caption or a list of hashtags; the column names are configurable. Malformed rows are yielded as
-`Post(error=...)` so the builder counts them instead of crashing.
+Inputs ("units", each a file the builder maps over):
+  - posts tables: JSON Lines (`.jsonl`), CSV (`.csv`) or Parquet (`.parquet`, read in row batches), with
+    a key, an image reference (a path, absolute or relative to the table's folder, or the image bytes
+    themselves) and a caption and/or a list of hashtags; column names are configurable;
+  - img2dataset shards (`.tar`): `{key}.jpg` + `{key}.json` carrying caption / hashtags / extra columns.
+Unusable records come out as `Post(error=...)` so the builder counts them instead of crashing.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-TABLE_SUFFIXES = (".jsonl", ".json", ".csv")
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SHARD_SUFFIXES = (".tar",)
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+PARQUET_BATCH_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -27,20 +35,26 @@ class Columns:
 @dataclass
 class Post:
     key: str
-    image_path: Path | None = None
+    image_path: str | None = None
+    image_bytes: bytes | None = None
     caption: str | None = None
     hashtags: list[str] | None = None
-    error: str | None = None  # why the row is unusable; the builder counts it
+    error: str | None = None  # why the record is unusable; the builder counts it
 
 
 def read_posts(path: Path, columns: Columns) -> Iterator[Post]:
     suffix = path.suffix.lower()
+    if suffix in SHARD_SUFFIXES:
+        yield from _img2dataset_posts(path, columns)
+        return
     if suffix in (".jsonl", ".json"):
         rows = _json_lines(path)
     elif suffix == ".csv":
         rows = _csv_rows(path)
+    elif suffix == ".parquet":
+        rows = _parquet_rows(path, columns)
     else:
-        raise ValueError(f"{path}: unsupported posts table (expected {', '.join(TABLE_SUFFIXES)})")
+        raise ValueError(f"{path}: unsupported input (expected {', '.join(TABLE_SUFFIXES + SHARD_SUFFIXES)})")
     for line_number, row in enumerate(rows):
         fallback_key = f"{path.stem}_{line_number}"
         yield row if isinstance(row, Post) else _to_post(row, path.parent, columns, fallback_key)
@@ -64,10 +78,23 @@ def _csv_rows(path: Path) -> Iterator[dict]:
         yield from csv.DictReader(table)
 
 
+def _parquet_rows(path: Path, columns: Columns) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(path)
+    wanted = [
+        c for c in (columns.key, columns.image, columns.caption, columns.hashtags) if c in table.schema.names
+    ]
+    for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+        yield from batch.to_pylist()
+
+
 def _to_post(row: dict, base: Path, columns: Columns, fallback_key: str) -> Post:
     key = str(row.get(columns.key) or fallback_key)
     image = row.get(columns.image)
-    if not isinstance(image, str) or not image:
+    if isinstance(image, dict):  # Hugging Face style {"bytes": ..., "path": ...}
+        image = image.get("bytes") or image.get("path")
+    if not isinstance(image, str | bytes) or not image:
         return Post(key, error="no_image_reference")
     caption = row.get(columns.caption)
     hashtags = row.get(columns.hashtags)
@@ -77,7 +104,8 @@ def _to_post(row: dict, base: Path, columns: Columns, fallback_key: str) -> Post
         return Post(key, error="no_caption_or_hashtags")
     return Post(
         key,
-        image_path=base / image,  # an absolute image path stays absolute
+        image_path=os.path.join(base, image) if isinstance(image, str) else None,  # absolute paths stay
+        image_bytes=image if isinstance(image, bytes) else None,
         caption=caption if isinstance(caption, str) else None,
         hashtags=hashtags if isinstance(hashtags, list) else None,
     )
@@ -91,3 +119,54 @@ def _parse_hashtag_cell(cell: str) -> list[str]:
     except json.JSONDecodeError:
         pass
     return cell.replace(",", " ").split()
+
+
+def _img2dataset_posts(path: Path, columns: Columns) -> Iterator[Post]:
+    """Posts of one img2dataset shard; a truncated or unreadable tar ends in one `corrupt_shard` record."""
+    try:
+        for key, members in _tar_samples(path):
+            yield _sample_to_post(key, members, columns)
+    except (tarfile.TarError, OSError, EOFError):
+        yield Post(f"{path.stem}_corrupt", error="corrupt_shard")
+
+
+def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for consecutive tar members sharing a key (the WebDataset convention)."""
+    key, members = None, {}
+    with tarfile.open(path, "r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            stem, _, extension = member.name.rpartition("/")[2].partition(".")
+            if stem != key and members:
+                yield key, members
+                members = {}
+            key = stem
+            members[extension.lower()] = tar.extractfile(member).read()
+    if members:
+        yield key, members
+
+
+def _sample_to_post(key: str, members: dict[str, bytes], columns: Columns) -> Post:
+    image = next((members[e] for e in IMAGE_MEMBERS if e in members), None)
+    if image is None:
+        return Post(key, error="no_image_reference")
+    try:
+        meta = json.loads(members.get("json", b"{}"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return Post(key, error="malformed_row")
+    if not isinstance(meta, dict):
+        return Post(key, error="malformed_row")
+    return _to_post({**meta, columns.image: image}, Path("."), columns, key)
+
+
+def img2dataset_source_stats(path: Path) -> dict[str, int]:
+    """Download failures img2dataset recorded beside a shard (`{shard}_stats.json`), if present."""
+    stats_file = path.with_name(f"{path.stem}_stats.json")
+    if not stats_file.is_file():
+        return {}
+    try:
+        stats = json.loads(stats_file.read_text())
+    except json.JSONDecodeError:
+        return {}
+    return {k: int(v) for k, v in stats.items() if k.startswith("failed_to_") and isinstance(v, int)}

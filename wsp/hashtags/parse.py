@@ -30,13 +30,12 @@ def normalize(tag: str) -> str:
 
 def extract_hashtags(caption: str, max_len: int = MAX_HASHTAG_CHARS) -> list[str]:
     """Normalised hashtags of a caption, in order of first appearance, without repeats."""
-    text = unicodedata.normalize("NFKC", caption[:MAX_CAPTION_CHARS])
-    seen: dict[str, None] = {}
-    for match in _HASHTAG.finditer(text):
-        tag = normalize(match.group(1))
-        if tag and len(tag) <= max_len:
-            seen.setdefault(tag, None)
-    return list(seen)
+    text = caption[:MAX_CAPTION_CHARS]
+    if not text.isascii():  # NFKC changes nothing in ASCII text: skip it on the common path
+        text = unicodedata.normalize("NFKC", text)
+    # A match holds only word characters, so of the separators only '_' can occur in it.
+    tags = (match.casefold().replace("_", "") for match in _HASHTAG.findall(text))
+    return list(dict.fromkeys(tag for tag in tags if tag and len(tag) <= max_len))
 
 
 def normalize_hashtags(tags: list[str], max_len: int = MAX_HASHTAG_CHARS) -> list[str]:

@@ -108,12 +108,56 @@ def _sense_rank(lemma: str, wnid: str) -> int:
     return senses.index(wnid) if wnid in senses else len(senses)
 
 
-def build_vocabulary(name: str, wnids: list[str] | None = None, ambiguous: str = "first_sense") -> Vocabulary:
-    """A named vocabulary: `in1k` (the ImageNet-1k synsets) or `wnids` (an explicit list)."""
+VOCABULARIES = ("in1k", "wordnet", "wnids", "hashtags")
+
+
+def all_noun_wnids() -> list[str]:
+    return [synset_to_wnid(s) for s in load_wordnet().all_synsets(pos="n")]
+
+
+def read_list(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file (wnids or hashtags), without comments ('# ' lines: '#tag' is data)."""
+    lines = (line.strip() for line in Path(path).read_text().splitlines())
+    return [line for line in lines if line and line != "#" and not line.startswith("# ")]
+
+
+def build_vocabulary(name: str, wnids: list[str] | None = None, ambiguous: str = "first_sense",
+                     list_file: str | None = None) -> Vocabulary:  # fmt: skip
+    """A named vocabulary.
+
+    - `in1k`: the 1,000 ImageNet-1k synsets (the paper's ~1.5k hashtags);
+    - `wordnet`: every WordNet noun synset (the paper's 17k set is those occurring in the data, and its
+      8.5k set the most frequent of them: `corpus.min_count` and `corpus.max_labels` select them);
+    - `wnids`: synsets listed in `wnids` or in `list_file` (one wnid per line), e.g. ImageNet-5k/9k;
+    - `hashtags`: the hashtags listed in `list_file`, each mapped to the noun synsets it spells.
+    """
     if name == "in1k":
         return Vocabulary.from_wnids(imagenet1k_wnids(), ambiguous)
+    if name == "wordnet":
+        return Vocabulary.from_wnids(all_noun_wnids(), ambiguous)
     if name == "wnids":
+        wnids = list(wnids or []) + (read_list(list_file) if list_file else [])
         if not wnids:
-            raise ValueError("vocabulary 'wnids' needs a non-empty list of wnids")
+            raise ValueError("vocabulary 'wnids' needs corpus.wnids or corpus.list_file")
         return Vocabulary.from_wnids(wnids, ambiguous)
-    raise ValueError(f"unknown vocabulary {name!r}: valid are in1k, wnids")
+    if name == "hashtags":
+        if not list_file:
+            raise ValueError("vocabulary 'hashtags' needs corpus.list_file (one hashtag per line)")
+        return hashtag_vocabulary({normalize(tag) for tag in read_list(list_file)}, ambiguous)
+    raise ValueError(f"unknown vocabulary {name!r}: valid are {', '.join(VOCABULARIES)}")
+
+
+def hashtag_vocabulary(hashtags: set[str], ambiguous: str) -> Vocabulary:
+    """The noun synsets spelled by `hashtags`, mapping only those hashtags."""
+    wordnet = load_wordnet()
+    wnids = sorted({
+        synset_to_wnid(synset)
+        for lemma in wordnet.all_lemma_names(pos="n") if normalize(lemma) in hashtags
+        for synset in wordnet.synsets(lemma, pos="n")
+    })  # fmt: skip
+    if not wnids:
+        raise ValueError("none of the listed hashtags spells a WordNet noun")
+    full = Vocabulary.from_wnids(wnids, ambiguous)
+    return Vocabulary(
+        full.labels, {tag: ids for tag, ids in full.hashtag_to_labels.items() if tag in hashtags}
+    )
