@@ -24,14 +24,6 @@ def require(cfg: DictConfig, key: str) -> object:
     return value
 
 
-def require_path(cfg: DictConfig, key: str, kind: str = "any") -> Path:
-    path = Path(str(require(cfg, key)))
-    exists = {"dir": path.is_dir, "file": path.is_file, "any": path.exists}[kind]()
-    if not exists:
-        raise ConfigError(f"{key}={path}: no such {'folder' if kind == 'dir' else 'file'}")
-    return path
-
-
 def require_positive(cfg: DictConfig, *keys: str) -> None:
     for key in keys:
         value = OmegaConf.select(cfg, key)

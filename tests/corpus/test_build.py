@@ -109,7 +109,9 @@ def test_bad_inputs_are_counted_not_fatal(tmp_path, corpus_dir, in1k, verify, ga
         "no_vocabulary_hashtag": 3, "no_image_reference": 1, "no_caption_or_hashtags": 1,
     }  # fmt: skip
     assert stats["dropped_examples"]["missing_image"] == ["missing"]
-    assert stats["posts_read"] == 13 and stats["errors"] == 8 - garbage_written
+    assert (
+        stats["posts_read"] == 13 and stats["errors"] == 7 - garbage_written
+    )  # a post without text is no error
     # 'huge' keeps only the first 20,000 characters of its caption, so its hashtag is not seen
     assert "huge" in stats["dropped_examples"]["no_vocabulary_hashtag"]
 
@@ -307,3 +309,40 @@ def test_custom_column_names(tmp_path, corpus_dir):
     stats = build([tmp_path / "t.jsonl"], tmp_path / "out", vocab, Columns(key="id", image="file", caption="text"),
                   BuildOptions(val_fraction=0.0))  # fmt: skip
     assert stats["written"]["train"] == 1
+
+
+def test_awkward_keys_bom_and_zero_key(tmp_path, corpus_dir, in1k):
+    (tmp_path / "a.jpg").write_bytes(first_image(corpus_dir))
+    long_key = "https://example.com/" + "x" * 200 + ".jpg"
+    with (tmp_path / "t.csv").open("w", encoding="utf-8-sig", newline="") as f:  # spreadsheet export: BOM
+        writer = csv.DictWriter(f, fieldnames=["key", "image", "caption"])
+        writer.writeheader()
+        writer.writerows([{"key": long_key, "image": "a.jpg", "caption": "#goldfish"},
+                          {"key": "a.b/c", "image": "a.jpg", "caption": "#goldfish"}])  # fmt: skip
+    (tmp_path / "z.jsonl").write_text(json.dumps({"key": 0, "image": "a.jpg", "caption": "#goldfish"}) + "\n")
+    build(
+        [tmp_path / "t.csv", tmp_path / "z.jsonl"],
+        tmp_path / "out",
+        in1k,
+        Columns(),
+        BuildOptions(val_fraction=0.0),
+    )
+    sources = sorted(s["json"]["source"] for s in read_shards(tmp_path / "out"))
+    assert sources == sorted(["0", long_key, "a.b/c"])
+
+
+def test_truncated_tar_and_corrupt_parquet_are_counted(tmp_path, synthetic_dir, in1k):
+    jsonl = synthetic_posts(synthetic_dir)[0]
+    write_img2dataset_shard(jsonl, tmp_path)
+    whole = (tmp_path / "00000.tar").read_bytes()
+    (tmp_path / "00001.tar").write_bytes(whole[: len(whole) // 2 // 512 * 512])  # cut at a header boundary
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 definitely not parquet")
+    inputs = [tmp_path / "00000.tar", tmp_path / "00001.tar", tmp_path / "bad.parquet"]
+    stats = build(inputs, tmp_path / "out", in1k, Columns(), BuildOptions(max_error_rate=1.0))
+    assert stats["dropped"]["corrupt_shard"] == 2
+
+
+def test_unsupported_input_files_are_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="no supported type"):
+        expand_inputs(str(tmp_path / "*"))

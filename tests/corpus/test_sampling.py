@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from wsp.corpus.sampling import ImageWeights, label_frequencies, label_masses
+from wsp.corpus.sampling import ImageWeights, label_masses
+
+
+def label_frequencies(label_sets, num_labels):
+    """f_l as the builder accumulates it: each image adds 1/k to each of its k labels."""
+    frequencies = np.zeros(num_labels)
+    for labels in label_sets:
+        for label in labels:
+            frequencies[label] += 1.0 / len(labels)
+    return frequencies
 
 
 def zipf_corpus(num_labels=200, images=60_000, seed=0):

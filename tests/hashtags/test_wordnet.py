@@ -22,3 +22,8 @@ def test_bad_wnid_is_a_clear_error():
 
 def test_provision_is_idempotent():
     assert provision() == "already present"
+
+
+def test_wnid_without_a_synset_is_a_clear_error():
+    with pytest.raises(ValueError, match="n00000001: no WordNet 3.0 noun synset"):
+        wnid_to_synset("n00000001")

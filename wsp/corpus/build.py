@@ -28,18 +28,26 @@ from PIL import Image
 from tqdm import tqdm
 
 from wsp.corpus.noise import LabelNoise
-from wsp.corpus.posts import Columns, Post, img2dataset_source_stats, read_posts
+from wsp.corpus.posts import (
+    SHARD_SUFFIXES,
+    TABLE_SUFFIXES,
+    Columns,
+    Post,
+    img2dataset_source_stats,
+    read_posts,
+)
 from wsp.corpus.shards import ShardSink
 from wsp.hashtags.parse import MAX_HASHTAG_CHARS, extract_hashtags, normalize_hashtags
 from wsp.hashtags.vocab import Vocabulary
 
 EXAMPLES_PER_REASON = 5
-# Reasons that mean the input is broken (as opposed to posts filtered out by design).
+# Reasons that mean the input is broken, as opposed to posts filtered out by design (no caption, no
+# vocabulary hashtag, rare labels only, excluded).
 ERROR_REASONS = frozenset({
-    "malformed_row", "no_image_reference", "no_caption_or_hashtags", "missing_image", "unreadable_image",
-    "truncated_image", "corrupt_shard",
+    "malformed_row", "no_image_reference", "missing_image", "unreadable_image", "truncated_image", "corrupt_shard",
 })  # fmt: skip
-IMAGE_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"RIFF", "webp"))
+IMAGE_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
+MAX_KEY_BYTES = 80  # tar member names hold 100 bytes: key + '.' + extension
 STAGES = ("all", "count", "vocab", "write", "finalize")
 
 
@@ -60,9 +68,11 @@ class BuildOptions:
     verify_images: str = "header"  # header (fast container check) | decode (full decode)
     exclude: tuple[str, ...] = ()  # post keys to drop (e.g. near-duplicates of evaluation images)
 
-    def fingerprint(self, inputs: list[Path], vocabulary: Vocabulary) -> str:
-        """Identifies a build: cached map results of another build are never reused."""
-        data = json.dumps([asdict(self), [str(p) for p in inputs], vocabulary.to_json()], sort_keys=True)
+    def fingerprint(self, inputs: list[Path], vocabulary: Vocabulary, columns: Columns) -> str:
+        """Identifies a build: cached map results of another build (other options, columns, vocabulary,
+        or input files changed since) are never reused."""
+        files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs]
+        data = json.dumps([asdict(self), asdict(columns), files, vocabulary.to_json()], sort_keys=True)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -97,6 +107,11 @@ def expand_inputs(patterns: list[str] | str) -> list[Path]:
     paths = [p for p in paths if p.is_file() and not p.name.endswith("_stats.json")]
     if not paths:
         raise FileNotFoundError(f"corpus.input matches no file: {patterns}")
+    supported = TABLE_SUFFIXES + SHARD_SUFFIXES
+    if unsupported := [p.name for p in paths if p.suffix.lower() not in supported]:
+        raise ValueError(
+            f"corpus.input matches files of no supported type ({', '.join(supported)}): {unsupported[:3]}"
+        )
     return paths
 
 
@@ -113,8 +128,12 @@ def is_val(key: str, val_fraction: float) -> bool:
 
 
 def shard_key(key: str) -> str:
-    # WebDataset splits a member name at its first '.', so keys must not contain one (nor a '/').
-    return key.replace(".", "_").replace("/", "_")
+    """The sample's key in the tar: the post key, or a hash of it when the key would not survive as a
+    member name (WebDataset splits names at the first '.'; '/' makes folders; ustar names hold 100
+    bytes). The post key itself is always kept in the sample's json (`source`)."""
+    if "." in key or "/" in key or len(key.encode()) > MAX_KEY_BYTES:
+        return "h" + hashlib.sha256(key.encode()).hexdigest()[:40]
+    return key
 
 
 def image_of(post: Post, verify: str) -> tuple[bytes, str]:
@@ -132,9 +151,12 @@ def image_of(post: Post, verify: str) -> tuple[bytes, str]:
         except OSError as err:
             raise ValueError("missing_image") from err
     extension = next((ext for magic, ext in IMAGE_MAGIC if data.startswith(magic)), None)
+    if extension is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        extension = "webp"
     if extension is None:
         raise ValueError("unreadable_image")
-    if (extension == "jpg" and b"\xff\xd9" not in data[-1024:]) or (
+    # JPEG: an end-of-image marker anywhere (phone photos append data after it); PNG: the IEND chunk.
+    if (extension == "jpg" and data.rfind(b"\xff\xd9") < 3) or (
         extension == "png" and b"IEND" not in data[-32:]
     ):
         raise ValueError("truncated_image")
@@ -153,12 +175,12 @@ def image_of(post: Post, verify: str) -> tuple[bytes, str]:
 def count_unit(unit: Path, vocabulary: Vocabulary, columns: Columns, options: BuildOptions) -> dict:
     """Pass 1 over one unit: posts carrying each label, and unusable rows by reason."""
     labels: Counter[int] = Counter()
-    drops, posts = Drops(), 0
+    drops, posts, excluded = Drops(), 0, frozenset(options.exclude)
     for post in read_posts(unit, columns):
         posts += 1
         if post.error is not None:
             drops.drop(post.error, post.key)
-        else:
+        elif post.key not in excluded:
             labels.update(vocabulary.labels_of(hashtags_of(post, options.max_hashtag_chars)))
     return {"posts": posts, "labels": {str(k): v for k, v in labels.items()}, "drops": drops.to_json()}
 
@@ -173,7 +195,7 @@ def write_unit(index: int, unit: Path, output: Path, full: Vocabulary, kept: Voc
     sinks = {
         split: ShardSink(output, f"{split}-{index:05d}", options.shard_size) for split in ("train", "val")
     }
-    drops, posts, frequencies = Drops(), 0, [0.0] * len(kept)
+    drops, posts, frequencies = Drops(), 0, defaultdict(float)
     replaced = total_labels = 0
     for post in read_posts(unit, columns):
         posts += 1
@@ -206,7 +228,7 @@ def write_unit(index: int, unit: Path, output: Path, full: Vocabulary, kept: Voc
             for label in meta["labels"]:
                 frequencies[label] += 1.0 / len(meta["labels"])
     sizes = {name: n for sink in sinks.values() for name, n in sink.close().items()}
-    return {"posts": posts, "sizes": sizes, "drops": drops.to_json(), "train_frequency": frequencies,
+    return {"posts": posts, "sizes": sizes, "drops": drops.to_json(), "train_frequency": {str(k): v for k, v in sorted(frequencies.items())},
             "noise": {"replaced": replaced, "labels": total_labels}}  # fmt: skip
 
 
@@ -218,7 +240,7 @@ class CorpusBuilder:
                  options: BuildOptions, workers: int = 1):  # fmt: skip
         self.inputs, self.output, self.vocabulary = inputs, Path(output), vocabulary
         self.columns, self.options, self.workers = columns, options, max(1, workers)
-        self.work = self.output / "_work" / options.fingerprint(inputs, vocabulary)
+        self.work = self.output / "_work" / options.fingerprint(inputs, vocabulary, columns)
 
     def run(self, stage: str = "all", part: int = 0, num_parts: int = 1) -> dict | None:
         if stage not in STAGES:
@@ -255,24 +277,22 @@ class CorpusBuilder:
                 _write_json(self._result_path(step, index), result)  # the unit's step is done
                 bar.update()
 
-    def _results(self, step: str) -> list[dict]:
+    def _results(self, step: str):
+        """Each unit's result of `step`, one at a time: a reduce holds one unit's result in memory."""
         missing = [i for i in range(len(self.inputs)) if not self._result_path(step, i).is_file()]
         if missing:
             raise CorpusError(
                 f"corpus.stage: the {step} step has not run on units {missing[:5]} (of {len(self.inputs)})"
             )
-        return [json.loads(self._result_path(step, i).read_text()) for i in range(len(self.inputs))]
+        return (json.loads(self._result_path(step, i).read_text()) for i in range(len(self.inputs)))
 
     def _reduce_vocabulary(self) -> None:
-        counts = self._results("count")
-        drops = Drops()
-        for result in counts:
+        drops, posts, label_counts = Drops(), 0, Counter()
+        for result in self._results("count"):
             drops.merge(result["drops"])
-        posts = sum(r["posts"] for r in counts)
-        self._check_error_rate(drops, posts)
-        label_counts: Counter[int] = Counter()
-        for result in counts:
+            posts += result["posts"]
             label_counts.update({int(k): v for k, v in result["labels"].items()})
+        self._check_error_rate(drops, posts)
         kept = sorted((label for label, n in label_counts.items() if n >= self.options.min_count),
                       key=lambda label: (-label_counts[label], label))[: self.options.max_labels]  # fmt: skip
         if not kept:
@@ -290,16 +310,16 @@ class CorpusBuilder:
         return self.vocabulary.restrict(kept["labels"]), counts / counts.sum()
 
     def _finalize(self) -> dict:
-        writes = self._results("write")
         kept_vocab, _ = self._kept_vocabulary()
         kept = json.loads((self.work / "kept.json").read_text())
-        drops = Drops()
-        for result in writes:
+        drops, posts, sizes, noise, frequency = Drops(), 0, {}, Counter(), np.zeros(len(kept_vocab))
+        for result in self._results("write"):  # in unit order, so float sums never depend on scheduling
             drops.merge(result["drops"])
-        posts = sum(r["posts"] for r in writes)
-        sizes = {name: n for r in writes for name, n in sorted(r["sizes"].items())}
-        frequency = np.sum([r["train_frequency"] for r in writes], axis=0)
-        noise = {k: sum(r["noise"][k] for r in writes) for k in ("replaced", "labels")}
+            posts += result["posts"]
+            sizes.update(sorted(result["sizes"].items()))
+            noise.update(result["noise"])
+            for label, value in result["train_frequency"].items():
+                frequency[int(label)] += value
         vocab_json = kept_vocab.to_json()
         for entry, count, freq in zip(vocab_json["labels"], kept["counts"], frequency, strict=True):
             entry["posts"] = count
@@ -332,9 +352,10 @@ class CorpusBuilder:
     def _check_error_rate(self, drops: Drops, posts: int) -> None:
         rate = drops.errors() / max(posts, 1)
         if rate > self.options.max_error_rate:
-            worst = ", ".join(f"{r}={n}" for r, n in drops.counts.most_common() if r in ERROR_REASONS)
+            worst = ", ".join(f"{r}={n} (e.g. {drops.examples[r][0]})" for r, n in drops.counts.most_common()
+                              if r in ERROR_REASONS)  # fmt: skip
             raise CorpusError(f"{rate:.1%} of {posts} posts are broken (corpus.max_error_rate="
-                              f"{self.options.max_error_rate}): {worst}; examples in {self.output}/stats.json")  # fmt: skip
+                              f"{self.options.max_error_rate}): {worst}")  # fmt: skip
 
 
 def build(inputs: list[Path], output: Path, vocabulary: Vocabulary, columns: Columns, options: BuildOptions,

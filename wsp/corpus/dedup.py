@@ -2,7 +2,8 @@
 
 Three detectors, each a row source for matches.csv (eval_image, corpus_key, method, score):
   - exact: identical bytes (SHA-256);
-  - phash: perceptual hash (64-bit DCT hash of a 32x32 grey image) within a Hamming distance;
+  - phash: perceptual hash (63 bits: the 8x8 lowest DCT frequencies of a 32x32 grey image, DC left
+    out) within a Hamming distance;
   - embedding: cosine similarity of a timm backbone's pooled features above a threshold. The corpus
     streams past the (small) evaluation set in batches and only each eval image's k nearest corpus
     images are kept, so memory does not grow with the corpus.
@@ -91,37 +92,64 @@ def hamming(a: np.ndarray, b: int) -> np.ndarray:
 
 
 class NearestNeighbours:
-    """The k most similar corpus images of each eval image by cosine, merged batch by batch."""
+    """The k most similar corpus images of each eval image by cosine, merged batch by batch.
+
+    Candidates are integer ids; only the keys of current top-k members are kept, so memory is
+    O(eval images x k) however large the corpus."""
 
     def __init__(self, queries: torch.Tensor, k: int):
         self.queries = torch.nn.functional.normalize(queries, dim=1)
-        self.k = k
-        self.scores = torch.full((len(queries), 0), -2.0)
-        self.keys: list[list[str]] = [[] for _ in range(len(queries))]
+        self.k, self.seen = k, 0
+        self.scores = torch.empty(len(queries), 0)
+        self.ids = torch.empty(len(queries), 0, dtype=torch.long)
+        self.key_of: dict[int, str] = {}
 
     def add(self, features: torch.Tensor, keys: list[str]) -> None:
         similarity = self.queries @ torch.nn.functional.normalize(features, dim=1).T
-        scores = torch.cat([self.scores, similarity], dim=1)
+        ids = torch.arange(self.seen, self.seen + len(keys)).expand(len(self.queries), -1)
+        self.key_of.update(zip(range(self.seen, self.seen + len(keys)), keys, strict=True))
+        self.seen += len(keys)
+        scores, ids = torch.cat([self.scores, similarity], dim=1), torch.cat([self.ids, ids], dim=1)
         top = scores.topk(min(self.k, scores.shape[1]), dim=1)
-        merged = [row_keys + keys for row_keys in self.keys]
-        self.keys = [[merged[q][i] for i in top.indices[q].tolist()] for q in range(len(merged))]
-        self.scores = top.values
+        self.scores, self.ids = top.values, ids.gather(1, top.indices)
+        alive = set(self.ids.flatten().tolist())
+        self.key_of = {i: key for i, key in self.key_of.items() if i in alive}
+
+    @property
+    def keys(self) -> list[list[str]]:
+        return [[self.key_of[i] for i in row] for row in self.ids.tolist()]
+
+
+def _fingerprints(paths: list[Path], methods: list[str], backbone, transform, batch_size: int):
+    """Per eval image, without keeping any image: its digest, perceptual hash, decodability, embedding."""
+    digests, hashes, valid, features, batch = [], [], [], [], []
+    for path in tqdm(paths, desc="dedup: eval images", unit="img"):
+        data = path.read_bytes()
+        digests.append(hashlib.sha256(data).hexdigest())
+        image = _open_rgb(data) if ("phash" in methods or "embedding" in methods) else None
+        valid.append(image is not None)
+        hashes.append(perceptual_hash(image) if image is not None and "phash" in methods else 0)
+        if "embedding" in methods:
+            batch.append(image or Image.new("RGB", (8, 8)))
+            if len(batch) == batch_size:
+                features.append(_embed(backbone, transform, batch, batch_size))
+                batch = []
+    if batch:
+        features.append(_embed(backbone, transform, batch, batch_size))
+    embeddings = torch.cat(features) if features else None
+    return digests, np.array(hashes, dtype=np.uint64), np.array(valid), embeddings
 
 
 def find_duplicates(eval_paths: list[Path], corpus: Path, methods: list[str], phash_max_distance: int,
                     backbone: torch.nn.Module | None, transform, threshold: float, k: int,
                     batch_size: int) -> tuple[list[Match], NearestNeighbours | None]:  # fmt: skip
-    eval_bytes = [p.read_bytes() for p in eval_paths]
-    eval_images_rgb = [_open_rgb(b) for b in eval_bytes]
+    digests, eval_hashes, valid, embeddings = _fingerprints(
+        eval_paths, methods, backbone, transform, batch_size
+    )
     by_digest: dict[str, list[int]] = {}
-    for i, data in enumerate(eval_bytes):
-        by_digest.setdefault(hashlib.sha256(data).hexdigest(), []).append(i)
-    valid = np.array([im is not None for im in eval_images_rgb])
-    eval_hashes = np.array([perceptual_hash(im) if im else 0 for im in eval_images_rgb], dtype=np.uint64)
-    neighbours = None
-    if "embedding" in methods:
-        usable = [im or Image.new("RGB", (8, 8)) for im in eval_images_rgb]
-        neighbours = NearestNeighbours(_embed(backbone, transform, usable, batch_size), k)
+    for i, digest in enumerate(digests):
+        by_digest.setdefault(digest, []).append(i)
+    neighbours = NearestNeighbours(embeddings, k) if embeddings is not None else None
 
     matches: list[Match] = []
     batch_images, batch_keys = [], []
@@ -170,11 +198,16 @@ def write_matches(matches: list[Match], path: Path) -> None:
 def contact_sheets(eval_paths: list[Path], neighbours: NearestNeighbours, corpus: Path, selected: set[int],
                    out: Path, thumb: int = 96) -> int:  # fmt: skip
     """One PNG per selected eval image: it (left, red frame) and its k nearest corpus images by score."""
-    wanted = {key for q in selected for key in neighbours.keys[q]}
-    thumbs = {key: _open_rgb(data) for key, data in corpus_samples(corpus) if key in wanted}
+    keys_of = neighbours.keys
+    wanted = {key for q in selected for key in keys_of[q]}
+    thumbs = {}
+    for key, data in corpus_samples(corpus):
+        if key in wanted and (image := _open_rgb(data)) is not None:
+            image.thumbnail((thumb, thumb))  # keep thumbnails, not full images
+            thumbs[key] = image
     out.mkdir(parents=True, exist_ok=True)
     for q in sorted(selected):
-        keys = neighbours.keys[q]
+        keys = keys_of[q]
         sheet = Image.new("RGB", ((len(keys) + 1) * (thumb + 4), thumb + 4), "white")
         query = Image.open(eval_paths[q]).convert("RGB").resize((thumb, thumb))
         sheet.paste(Image.new("RGB", (thumb + 4, thumb + 4), "red"), (0, 0))

@@ -61,7 +61,7 @@ def read_posts(path: Path, columns: Columns) -> Iterator[Post]:
 
 
 def _json_lines(path: Path) -> Iterator[dict | Post]:
-    with path.open(encoding="utf-8", errors="replace") as lines:
+    with path.open(encoding="utf-8-sig", errors="replace") as lines:  # -sig: a byte-order mark is not data
         for line_number, line in enumerate(lines):
             if not line.strip():
                 continue
@@ -74,23 +74,28 @@ def _json_lines(path: Path) -> Iterator[dict | Post]:
 
 def _csv_rows(path: Path) -> Iterator[dict]:
     csv.field_size_limit(2**24)
-    with path.open(encoding="utf-8", errors="replace", newline="") as table:
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as table:
         yield from csv.DictReader(table)
 
 
-def _parquet_rows(path: Path, columns: Columns) -> Iterator[dict]:
+def _parquet_rows(path: Path, columns: Columns) -> Iterator[dict | Post]:
+    """Rows in batches; an unreadable or truncated file ends in one `corrupt_shard` record."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(path)
-    wanted = [
-        c for c in (columns.key, columns.image, columns.caption, columns.hashtags) if c in table.schema.names
-    ]
-    for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
-        yield from batch.to_pylist()
+    try:
+        table = pq.ParquetFile(path)
+        names = table.schema.names
+        wanted = [c for c in (columns.key, columns.image, columns.caption, columns.hashtags) if c in names]
+        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+            yield from batch.to_pylist()
+    except (pa.ArrowException, OSError):
+        yield Post(f"{path.stem}_corrupt", error="corrupt_shard")
 
 
 def _to_post(row: dict, base: Path, columns: Columns, fallback_key: str) -> Post:
-    key = str(row.get(columns.key) or fallback_key)
+    key = row.get(columns.key)
+    key = fallback_key if key is None or key == "" else str(key)
     image = row.get(columns.image)
     if isinstance(image, dict):  # Hugging Face style {"bytes": ..., "path": ...}
         image = image.get("bytes") or image.get("path")
@@ -131,9 +136,13 @@ def _img2dataset_posts(path: Path, columns: Columns) -> Iterator[Post]:
 
 
 def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for consecutive tar members sharing a key (the WebDataset convention)."""
+    """(key, {extension: bytes}) for consecutive tar members sharing a key (the WebDataset convention).
+
+    tarfile stops quietly at a file cut inside a header, so an archive must also end where its
+    end-of-archive blocks say it does; a shorter one raises (its remaining posts are lost).
+    """
     key, members = None, {}
-    with tarfile.open(path, "r|*") as tar:
+    with tarfile.open(path, "r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -143,6 +152,8 @@ def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                 members = {}
             key = stem
             members[extension.lower()] = tar.extractfile(member).read()
+        if tar.offset + 2 * tarfile.BLOCKSIZE > path.stat().st_size:
+            raise tarfile.ReadError(f"{path}: truncated")
     if members:
         yield key, members
 

@@ -40,12 +40,3 @@ class ImageWeights:
 
     def __call__(self, labels: list[int]) -> float:
         return float(self.per_label[labels].mean()) if labels else 0.0
-
-
-def label_frequencies(label_sets: list[list[int]], num_labels: int) -> np.ndarray:
-    """Fractional image count per label: each image adds 1/k to each of its k labels."""
-    frequencies = np.zeros(num_labels)
-    for labels in label_sets:
-        if labels:
-            np.add.at(frequencies, labels, 1.0 / len(labels))
-    return frequencies

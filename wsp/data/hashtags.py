@@ -1,7 +1,7 @@
 """The hashtag corpus as a LightningDataModule: WebDataset shards written by `task=corpus`.
 
-Training stream (open_clip style): shards shuffled deterministically per pass, split by node then by
-worker; each sample repeated a random number of times with expectation N * w_i (its resampling weight,
+Training stream (open_clip style): shards split by node then by worker, each worker's shards reordered
+on every pass; each sample repeated a random number of times with expectation N * w_i (its resampling weight,
 see wsp.corpus.sampling), shuffled, decoded; "virtual epochs" of a fixed number of batches. Samples
 whose image cannot be decoded are skipped and counted: each batch carries the number skipped since the
 previous one, and the LightningModule logs the running total.
@@ -34,30 +34,44 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 class SeededStage(wds.PipelineStage):
-    """A stage whose randomness is seeded by (seed, rank, worker, pass): reproducible, and different
-    on every rank, worker and pass over the data."""
+    """A stage whose randomness is seeded by (seed, stage, rank, worker, pass): reproducible, and
+    different for every stage, rank, worker and pass over the data."""
 
-    def __init__(self, seed: int):
-        self.seed, self.passes = seed, 0
+    def __init__(self, seed: int, rank: int):
+        self.seed, self.rank, self.passes = seed, rank, 0
 
     def next_rng(self) -> random.Random:
         worker = get_worker_info()
-        rng = random.Random(hash((self.seed, _rank_and_world()[0], worker.id if worker else 0, self.passes)))
+        key = (self.seed, type(self).__name__, self.rank, worker.id if worker else 0, self.passes)
         self.passes += 1
-        return rng
+        return random.Random(repr(key))  # str seeds hash deterministically (sha512), unlike hash()
+
+
+class ShuffleShards(SeededStage):
+    """Reorder this worker's own shards on every pass. Shuffling after the node and worker split keeps
+    the split a partition: every pass of every worker reads each of its shards exactly once."""
+
+    def run(self, shards):
+        shards = list(shards)
+        self.next_rng().shuffle(shards)
+        yield from shards
 
 
 class ResampleByWeight(SeededStage):
-    """Emit each sample floor(r) or ceil(r) times, r = w_i * n_images, so a pass keeps its expected size."""
+    """Emit each sample floor(r) or ceil(r) times, r = w_i * n_images, so a pass keeps its expected size.
+    A sample whose labels cannot be read passes once; the decoder drops and counts it."""
 
-    def __init__(self, weights: ImageWeights, n_images: int, seed: int):
-        super().__init__(seed)
+    def __init__(self, weights: ImageWeights, n_images: int, seed: int, rank: int):
+        super().__init__(seed, rank)
         self.weights, self.n_images = weights, n_images
 
     def run(self, samples):
         rng = self.next_rng()
         for sample in samples:
-            repeats = self.weights(json.loads(sample["json"])["labels"]) * self.n_images
+            try:
+                repeats = self.weights(json.loads(sample["json"])["labels"]) * self.n_images
+            except Exception:  # missing or corrupt json
+                repeats = 1.0
             for _ in range(int(repeats) + (rng.random() < repeats % 1)):
                 yield sample
 
@@ -65,8 +79,8 @@ class ResampleByWeight(SeededStage):
 class Shuffle(SeededStage):
     """Shuffle within a buffer of `size` samples (streams are too large to shuffle whole)."""
 
-    def __init__(self, size: int, seed: int):
-        super().__init__(seed)
+    def __init__(self, size: int, seed: int, rank: int):
+        super().__init__(seed, rank)
         self.size = size
 
     def run(self, samples):
@@ -148,7 +162,7 @@ class HashtagDataModule(pl.LightningDataModule):
         return [str(self.path / s) for s in shards]
 
     def train_dataloader(self) -> DataLoader:
-        _, world = _rank_and_world()
+        rank, world = _rank_and_world()
         workers = max(1, self.num_workers)
         if len(self.train_shards) < world * workers:
             raise ValueError(
@@ -157,12 +171,12 @@ class HashtagDataModule(pl.LightningDataModule):
             )
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(self._urls(self.train_shards)),
-            wds.detshuffle(bufsize=len(self.train_shards), seed=self.seed),
             wds.split_by_node,
             wds.split_by_worker,
-            wds.tarfile_to_samples(),
-            ResampleByWeight(self.weights, self.num_samples("train"), self.seed),
-            Shuffle(self.shuffle_buffer, self.seed),
+            ShuffleShards(self.seed, rank),
+            wds.tarfile_to_samples(handler=wds.warn_and_continue),  # a broken shard is logged, not fatal
+            ResampleByWeight(self.weights, self.num_samples("train"), self.seed, rank),
+            Shuffle(self.shuffle_buffer, self.seed, rank),
             DecodeAndSkip(train_transform(self.image_size, self.min_scale), self.num_classes),
             wds.batched(self.batch_size, collation_fn=collate, partial=False),
         )
@@ -176,7 +190,7 @@ class HashtagDataModule(pl.LightningDataModule):
             wds.SimpleShardList(self._urls(self.val_shards)),
             wds.split_by_node,
             wds.split_by_worker,
-            wds.tarfile_to_samples(),
+            wds.tarfile_to_samples(handler=wds.warn_and_continue),
             DecodeAndSkip(eval_transform(self.image_size), self.num_classes),
             wds.batched(self.batch_size, collation_fn=collate, partial=True),
         )

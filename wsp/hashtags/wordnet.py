@@ -103,7 +103,10 @@ def wnid_to_synset(wnid: str):
     """`n01440764` -> Synset('tench.n.01')."""
     if len(wnid) != 9 or wnid[0] != "n" or not wnid[1:].isdigit():
         raise ValueError(f"not a WordNet noun id: {wnid!r} (expected n + 8 digits)")
-    return load_wordnet().synset_from_pos_and_offset("n", int(wnid[1:]))
+    synset = load_wordnet().synset_from_pos_and_offset("n", int(wnid[1:]))
+    if synset is None:
+        raise ValueError(f"{wnid}: no WordNet 3.0 noun synset at that offset")
+    return synset
 
 
 def synset_to_wnid(synset) -> str:

@@ -47,8 +47,13 @@ def world_size(cfg: DictConfig) -> int:
     raise ConfigError(f"trainer.devices={devices}: give a device count or a list of device ids")
 
 
+def global_batch(batch_size: int, cfg: DictConfig) -> int:
+    """Images per optimisation step: per-device batch x processes x gradient accumulation."""
+    return batch_size * world_size(cfg) * cfg.trainer.get("accumulate_grad_batches", 1)
+
+
 def steps_for(images: int, batch_size: int, cfg: DictConfig) -> int:
-    return max(1, math.ceil(images / (batch_size * world_size(cfg))))
+    return max(1, math.ceil(images / global_batch(batch_size, cfg)))
 
 
 def make_trainer(cfg: DictConfig, max_steps: int, loggers: list) -> pl.Trainer:

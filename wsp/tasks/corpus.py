@@ -21,8 +21,10 @@ def run(cfg: DictConfig) -> dict:
     require_positive(cfg, "corpus.shard_size", "corpus.min_count", "corpus.workers", "corpus.num_parts")
     require_choice(cfg, "corpus.stage", STAGES)
     require_choice(cfg, "corpus.verify_images", ("header", "decode"))
+    if c.max_labels is not None and (not isinstance(c.max_labels, int) or c.max_labels < 1):
+        raise ConfigError(f"corpus.max_labels={c.max_labels}: must be null or an integer >= 1")
     for key in ("val_fraction", "label_noise", "max_error_rate"):
-        if not 0 <= c[key] <= 1:
+        if not isinstance(c[key], int | float) or not 0 <= c[key] <= 1:
             raise ConfigError(f"corpus.{key}={c[key]}: must be in [0, 1]")
     if not 0 <= c.part < c.num_parts:
         raise ConfigError(f"corpus.part={c.part}: must be in [0, corpus.num_parts={c.num_parts})")

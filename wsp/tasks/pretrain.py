@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from wsp.config import check_training, require_positive
-from wsp.tasks.common import make_datamodule, make_trainer, steps_for
+from wsp.tasks.common import global_batch, make_datamodule, make_trainer, steps_for
 from wsp.utils.loggers import build_loggers
 
 
@@ -30,7 +30,7 @@ def run(cfg: DictConfig) -> dict:
     return {
         **metrics,
         "steps": trainer.global_step,
-        "images_processed": trainer.global_step * datamodule.batch_size * trainer.world_size,
+        "images_processed": trainer.global_step * global_batch(datamodule.batch_size, cfg),
         "classes": datamodule.num_classes,
         "backbone": str(exported),
     }
