@@ -113,3 +113,21 @@ def test_in1k_label_count_on_a_corpus_where_every_lemma_occurs(tmp_path, in1k, c
         counts[policy] = stats["labels"]["kept"]
     assert len(in1k.hashtag_to_labels) == 1804  # distinct hashtag forms of the 1,000 synsets' lemmas
     assert counts == {"first_sense": 998, "all": 1000, "drop": 993}
+
+
+def test_imagenet_k_takes_in1k_plus_the_most_populous_other_classes(tmp_path):
+    from wsp.hashtags.vocab import imagenet_k_wnids
+
+    # a miniature ImageNet-22k tree: other classes with 5, 3, 3 and 1 images, plus an IN-1k class folder
+    for wnid, n in {"n00017222": 5, "n00021265": 3, "n00015388": 3, "n00019128": 1, "n01440764": 9}.items():
+        (tmp_path / wnid).mkdir()
+        for i in range(n):
+            (tmp_path / wnid / f"{wnid}_{i}.JPEG").write_bytes(b"jpeg")
+    chosen = imagenet_k_wnids(tmp_path, 1002)
+    assert len(chosen) == 1002 and chosen == sorted(chosen)
+    others = sorted(set(chosen) - {label.wnid for label in build_vocabulary("in1k").labels})
+    assert others == ["n00015388", "n00017222"]  # 5 images, then the smaller wnid of the two with 3
+    vocab = build_vocabulary("imagenet_k", imagenet22k_root=str(tmp_path), classes=1002)
+    assert len(vocab) == 1002
+    with pytest.raises(ValueError, match="only 4 classes beyond IN-1k"):
+        imagenet_k_wnids(tmp_path, 1005)

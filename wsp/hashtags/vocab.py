@@ -108,7 +108,29 @@ def _sense_rank(lemma: str, wnid: str) -> int:
     return senses.index(wnid) if wnid in senses else len(senses)
 
 
-VOCABULARIES = ("in1k", "wordnet", "wnids", "hashtags")
+VOCABULARIES = ("in1k", "imagenet_k", "wordnet", "wnids", "hashtags")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def imagenet_k_wnids(imagenet22k_root: str | Path, classes: int) -> list[str]:
+    """The paper's ImageNet-5k/-9k label sets: the 1,000 IN-1k classes plus the `classes - 1000` other
+    classes with the most images in an ImageNet-22k (fall 2011) folder tree `<root>/<wnid>/*.JPEG`.
+    Ties go to the smaller wnid, so the set is deterministic."""
+    root = Path(imagenet22k_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"corpus.imagenet22k_root={imagenet22k_root}: no such folder")
+    in1k = set(imagenet1k_wnids())
+    counts = {
+        folder.name: sum(1 for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for folder in root.iterdir()
+        if folder.is_dir() and folder.name not in in1k
+    }
+    others = sorted(counts, key=lambda wnid: (-counts[wnid], wnid))[: max(0, classes - len(in1k))]
+    if len(others) < classes - len(in1k):
+        raise ValueError(
+            f"corpus.imagenet22k_root={root}: only {len(others)} classes beyond IN-1k, {classes} asked"
+        )
+    return sorted(in1k | set(others))
 
 
 def all_noun_wnids() -> list[str]:
@@ -122,10 +144,12 @@ def read_list(path: str | Path) -> list[str]:
 
 
 def build_vocabulary(name: str, wnids: list[str] | None = None, ambiguous: str = "first_sense",
-                     list_file: str | None = None) -> Vocabulary:  # fmt: skip
+                     list_file: str | None = None, imagenet22k_root: str | None = None,
+                     classes: int | None = None) -> Vocabulary:  # fmt: skip
     """A named vocabulary.
 
     - `in1k`: the 1,000 ImageNet-1k synsets (the paper's ~1.5k hashtags);
+    - `imagenet_k`: ImageNet-5k/-9k (`classes` of them) from an ImageNet-22k folder tree;
     - `wordnet`: every WordNet noun synset (the paper's 17k set is those occurring in the data, and its
       8.5k set the most frequent of them: `corpus.min_count` and `corpus.max_labels` select them);
     - `wnids`: synsets listed in `wnids` or in `list_file` (one wnid per line), e.g. ImageNet-5k/9k;
@@ -133,6 +157,10 @@ def build_vocabulary(name: str, wnids: list[str] | None = None, ambiguous: str =
     """
     if name == "in1k":
         return Vocabulary.from_wnids(imagenet1k_wnids(), ambiguous)
+    if name == "imagenet_k":
+        if not imagenet22k_root or not classes:
+            raise ValueError("vocabulary 'imagenet_k' needs corpus.imagenet22k_root and corpus.classes")
+        return Vocabulary.from_wnids(imagenet_k_wnids(imagenet22k_root, classes), ambiguous)
     if name == "wordnet":
         return Vocabulary.from_wnids(all_noun_wnids(), ambiguous)
     if name == "wnids":

@@ -30,7 +30,9 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"corpus.part={c.part}: must be in [0, corpus.num_parts={c.num_parts})")
     try:
         inputs = expand_inputs(OmegaConf.to_container(c.input) if OmegaConf.is_list(c.input) else c.input)
-        vocabulary = build_vocabulary(c.vocabulary, c.wnids, c.ambiguous, c.list_file)
+        vocabulary = build_vocabulary(
+            c.vocabulary, c.wnids, c.ambiguous, c.list_file, c.get("imagenet22k_root"), c.get("classes")
+        )
         exclude = read_exclude(c.exclude) if c.exclude else ()
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
