@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> None:
         if cfg.task.name not in TASKS:
             raise ConfigError(f"task={cfg.task.name}: valid are {', '.join(TASKS)}")
         run_task(cfg)
-    except ConfigError as err:
+    except (ConfigError, FloatingPointError) as err:
         sys.exit(f"error: {err}")
 
 

@@ -78,3 +78,11 @@ def test_bad_config_values_fail_at_start_naming_the_key(compose_config, override
         message = "trainer.devices=auto"
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         run_task(compose_config(*overrides))
+
+
+def test_a_diverging_run_stops_naming_the_step_or_skips_and_counts(compose_config, corpus_dir):
+    diverge = ["task=pretrain", f"data.path={corpus_dir}", "task.images=48", "optim.base_lr=1e30", *FAST]
+    with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step \d+"):
+        run_task(compose_config(*diverge))
+    metrics = run_task(compose_config(*diverge, "task.nonfinite_loss=skip"))
+    assert metrics["train/skipped_steps"] >= 1  # the run finished, counting the skipped steps

@@ -20,7 +20,8 @@ from wsp.utils.schedule import lr_multiplier, peak_lr
 
 class Classifier(pl.LightningModule):
     def __init__(self, model_name: str, num_classes: int, optim: dict, loss: str = "softmax",
-                 model_kwargs: dict | None = None, channels_last: bool = True):  # fmt: skip
+                 model_kwargs: dict | None = None, channels_last: bool = True,
+                 nonfinite_loss: str = "stop"):  # fmt: skip
         super().__init__()
         self.save_hyperparameters()
         self.backbone = create_backbone(model_name, **(model_kwargs or {}))
@@ -29,7 +30,7 @@ class Classifier(pl.LightningModule):
         nn.init.zeros_(self.head.bias)
         if channels_last:  # faster convolutions on CPU and on tensor cores
             self.to(memory_format=torch.channels_last)
-        self.skipped_samples = 0
+        self.skipped_samples = self.skipped_steps = 0
         self._step_started = time.perf_counter()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -45,9 +46,16 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         images, target, skipped = self._split_batch(batch)
         loss = classification_loss(self.hparams.loss, self(images), target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
         self.skipped_samples += skipped
+        if not torch.isfinite(loss):
+            if self.hparams.nonfinite_loss == "stop":
+                raise FloatingPointError(
+                    f"training loss is {loss.item()} at step {self.global_step}; lower optim.base_lr, or set "
+                    "task.nonfinite_loss=skip to skip such steps"
+                )
+            self.skipped_steps += 1  # returning None makes Lightning skip this optimizer step
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(images))
+            return None
         now = time.perf_counter()
         self.log_dict({
             "train/loss": loss,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from wsp.config import check_training, require_positive
+from wsp.config import check_training, require_choice, require_positive
 from wsp.tasks.common import load_pretrained, make_datamodule, make_trainer, steps_for
 from wsp.utils.loggers import build_loggers
 
@@ -13,12 +13,14 @@ def run(cfg: DictConfig) -> dict:
     from wsp.models.classifier import Classifier
 
     check_training(cfg)
+    require_choice(cfg, "task.nonfinite_loss", ("stop", "skip"))
     require_positive(cfg, "task.epochs")
     datamodule = make_datamodule(cfg, ("imagefolder",))
     train_size = len(datamodule.dataset("train", augment=False))
     total_steps = steps_for(cfg.task.epochs * train_size, datamodule.batch_size, cfg)
     model = Classifier(cfg.model.name, datamodule.num_classes, dict(cfg.optim), loss="softmax",
-                       model_kwargs=dict(cfg.model.kwargs), channels_last=cfg.model.channels_last)  # fmt: skip
+                       model_kwargs=dict(cfg.model.kwargs), channels_last=cfg.model.channels_last,
+                       nonfinite_loss=cfg.task.nonfinite_loss)  # fmt: skip
     load_pretrained(cfg, model.backbone)
     trainer = make_trainer(cfg, total_steps, build_loggers(cfg))
     trainer.fit(model, datamodule=datamodule)
@@ -26,6 +28,7 @@ def run(cfg: DictConfig) -> dict:
     return {
         "finetune/top1": final["val/top1"],
         "finetune/top5": final["val/top5"],
+        "train/skipped_steps": model.skipped_steps,
         "steps": trainer.global_step,
         "weights": cfg.backbone.weights,
     }
