@@ -116,3 +116,18 @@ def test_corpus_map_stages_run_as_submitit_job_arrays(tmp_path, synthetic_dir_fo
         assert (tmp_path / "staged" / name).read_text() == (tmp_path / "local" / name).read_text(), name
     assert sorted(p.name for p in (tmp_path / "staged").glob("*.tar")) == sorted(
         p.name for p in (tmp_path / "local").glob("*.tar"))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_pretrain_with_ddp_on_two_cpu_processes(tmp_path, synthetic_dir_for_runs):
+    corpus = tmp_path / "corpus"
+    built = run("task=corpus", f"corpus.input={synthetic_dir_for_runs / 'posts' / '*.jsonl'}", f"corpus.output={corpus}",
+                "corpus.shard_size=50", f"hydra.run.dir={corpus}")  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    out = tmp_path / "ddp"
+    done = run("task=pretrain", "trainer=ddp_cpu", f"data.path={corpus}", "task.images=640", "data.batch_size=16",
+               "data.num_workers=1", "model.image_size=32", "logger=csv", f"hydra.run.dir={out}")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 20 and results["images_processed"] == 640  # 20 steps x 16 images x 2 processes
+    assert (out / "backbone.safetensors").is_file()

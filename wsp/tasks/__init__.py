@@ -14,9 +14,13 @@ TASKS = ("demo", "synthetic", "corpus", "pretrain", "probe", "finetune", "dedup"
 
 
 def run_task(cfg: DictConfig) -> dict:
+    """Run the task; the first process (global rank 0 under DDP) records results.json."""
+    from pytorch_lightning.utilities import rank_zero_only
+
     module = importlib.import_module(f"wsp.tasks.{cfg.task.name}")
     start = time.perf_counter()
     with finishing_wandb():
         metrics = module.run(cfg)
-    write_results(cfg, metrics, time.perf_counter() - start)
+    if rank_zero_only.rank == 0:
+        write_results(cfg, metrics, time.perf_counter() - start)
     return metrics

@@ -26,7 +26,9 @@ def run(cfg: DictConfig) -> dict:
     trainer = make_trainer(cfg, total_steps, build_loggers(cfg))
     trainer.fit(model, datamodule=datamodule)
     final = trainer.validate(model, datamodule=datamodule, verbose=False)  # max_steps may stop mid-epoch
-    exported = export_backbone(model.backbone, Path(cfg.output_dir) / cfg.task.export)
+    exported = Path(cfg.output_dir) / cfg.task.export
+    if trainer.is_global_zero:
+        export_backbone(model.backbone, exported)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     metrics.update(final[0] if final else {})
     return {
