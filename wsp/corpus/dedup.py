@@ -27,8 +27,9 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from wsp.corpus.shards import IMAGE_KEYS
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-CORPUS_IMAGE_KEYS = ("jpg", "png", "webp")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def corpus_samples(corpus: Path) -> Iterator[tuple[str, bytes]]:
     """(source post key, image bytes) of every sample in a corpus's shards, train and val."""
     shards = sorted(json.loads((corpus / "sizes.json").read_text()))
     for sample in wds.WebDataset([str(corpus / s) for s in shards], shardshuffle=False):
-        image = next((sample[k] for k in CORPUS_IMAGE_KEYS if k in sample), None)
+        image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
         if image is not None:
             yield json.loads(sample["json"])["source"], image
 

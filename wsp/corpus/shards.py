@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 BLOCK = 512
+IMAGE_KEYS = ("jpg", "png", "webp")  # the image members a corpus sample may carry (the builder's extensions)
 
 
 def ustar_header(name: str, size: int) -> bytes:

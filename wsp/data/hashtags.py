@@ -22,9 +22,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
 from wsp.corpus.sampling import ImageWeights
+from wsp.corpus.shards import IMAGE_KEYS
 from wsp.data.transforms import eval_transform, train_transform
-
-IMAGE_KEYS = ("jpg", "png", "webp")
 
 
 def _rank_and_world() -> tuple[int, int]:
