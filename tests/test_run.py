@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,7 +19,8 @@ def run(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Complete
 def test_cfg_job_prints_the_composed_config():
     done = run("--cfg", "job")
     assert done.returncode == 0
-    assert "task:\n  name: demo" in done.stdout and "model:\n  name: wsp_resnext_tiny" in done.stdout
+    cfg = OmegaConf.create(done.stdout)
+    assert cfg.task.name == "demo" and cfg.model.name == "wsp_resnext_tiny" and cfg.model.compile is False
 
 
 @pytest.mark.parametrize(
@@ -118,12 +120,18 @@ def test_corpus_map_stages_run_as_submitit_job_arrays(tmp_path, synthetic_dir_fo
         p.name for p in (tmp_path / "local").glob("*.tar"))  # fmt: skip
 
 
-@pytest.mark.slow
-def test_pretrain_with_ddp_on_two_cpu_processes(tmp_path, synthetic_dir_for_runs):
-    corpus = tmp_path / "corpus"
+@pytest.fixture(scope="module")
+def corpus_for_runs(tmp_path_factory, synthetic_dir_for_runs) -> Path:
+    corpus = tmp_path_factory.mktemp("corpus_run")
     built = run("task=corpus", f"corpus.input={synthetic_dir_for_runs / 'posts' / '*.jsonl'}", f"corpus.output={corpus}",
                 "corpus.shard_size=50", f"hydra.run.dir={corpus}")  # fmt: skip
     assert built.returncode == 0, built.stderr[-2000:]
+    return corpus
+
+
+@pytest.mark.slow
+def test_pretrain_with_ddp_on_two_cpu_processes(tmp_path, corpus_for_runs):
+    corpus = corpus_for_runs
     out = tmp_path / "ddp"
     done = run("task=pretrain", "trainer=ddp_cpu", f"data.path={corpus}", "task.images=640", "data.batch_size=16",
                "data.num_workers=1", "model.image_size=32", "logger=csv", f"hydra.run.dir={out}")  # fmt: skip
@@ -131,3 +139,52 @@ def test_pretrain_with_ddp_on_two_cpu_processes(tmp_path, synthetic_dir_for_runs
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 20 and results["images_processed"] == 640  # 20 steps x 16 images x 2 processes
     assert (out / "backbone.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_pretrain_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, corpus_for_runs):
+    """SIGKILL after the first checkpoint, resume with ckpt_path=last: same samples, same final weights."""
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    args = ["task=pretrain", f"data.path={corpus_for_runs}", "task.images=960", "task.checkpoint_every=5",
+            "data.batch_size=8", "data.num_workers=2", "model.image_size=32", "logger=csv",
+            "+trainer.deterministic=true"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run(*args, f"hydra.run.dir={whole}").returncode == 0
+    last = killed / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={killed}"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    while not last.exists() and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
+    step = torch.load(last, weights_only=True)["global_step"]
+    epoch_steps = json.loads((whole / "results.json").read_text())["steps"] // 3 + 1  # ~2.7 epochs in all
+    assert 0 < step < 120 and step % epoch_steps, step  # killed mid-epoch
+
+    resumed = run(*args, f"hydra.run.dir={killed}", "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    expected, got = load_file(whole / "backbone.safetensors"), load_file(killed / "backbone.safetensors")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+    def streams(run_dir):  # where training left every data stream: the samples seen
+        state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["loops"]["fit_loop"]
+        return state["state_dict"]["combined_loader"]
+
+    assert streams(killed) == streams(whole)
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    refused = run(*args, f"hydra.run.dir={tmp_path / 'refused'}", f"ckpt_path={truncated}")
+    assert refused.returncode != 0
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: ckpt_path={truncated}: truncated or corrupt")
+    )

@@ -9,12 +9,17 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+# trainer=torchrun derives the node count from torchrun's environment: WORLD_SIZE / LOCAL_WORLD_SIZE.
+if not OmegaConf.has_resolver("div"):
+    OmegaConf.register_new_resolver("div", lambda a, b: int(a) // int(b))
+
+
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key and what would be valid."""
 
 
 def group_choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def require(cfg: DictConfig, key: str) -> object:

@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+from wsp.config import ConfigError
 from wsp.data.hashtags import HashtagDataModule
 
 
@@ -14,7 +15,8 @@ def datamodule(path, **kw):
 
 def test_batches_carry_images_and_normalised_targets(corpus_dir):
     dm = datamodule(corpus_dir)
-    images, targets, skipped = next(iter(dm.train_dataloader()))
+    images, targets, skipped, position = next(iter(dm.train_dataloader()))
+    assert position.tolist() == [0, 1, 0, 8]  # stream 0 after one group: pass 0, 8 items read
     assert images.shape == (8, 3, 32, 32) and targets.shape == (8, dm.num_classes)
     assert torch.allclose(targets.sum(1), torch.ones(8))
     assert int(skipped) == 0
@@ -72,8 +74,10 @@ def test_sqrt_resampling_flattens_label_histogram(corpus_dir):
         dm = datamodule(corpus_dir, resampling=scheme, image_size=16)
         counts = torch.zeros(dm.num_classes)
         for _ in range(3):
-            for _, targets, _ in dm.train_dataloader():
+            loader = dm.train_dataloader()
+            for _, targets, _, position in loader:
                 counts += targets.sum(0)
+                loader.consumed(position)
         return counts / counts.sum()
 
     spread = {
@@ -84,12 +88,51 @@ def test_sqrt_resampling_flattens_label_histogram(corpus_dir):
     assert spread["natural"] == pytest.approx((natural.max() / natural.min()).item(), rel=0.5)
 
 
-def test_train_stream_is_reproducible_and_reshuffled_each_pass(corpus_dir):
-    def keys_of_pass(dm, loader):
-        return [tuple(targets.argmax(1).tolist()) for _, targets, _ in loader]
+def train(loader, batches=None):
+    """Iterate as Lightning's fit loop does, reporting each batch consumed; returns the images."""
+    seen = []
+    for images, _, _, position in loader:
+        if batches is not None and len(seen) == batches:
+            break
+        loader.consumed(position)
+        seen.append(images)
+    return seen
 
+
+def test_train_stream_is_reproducible_and_reshuffled_each_epoch(corpus_dir):
     first, second = datamodule(corpus_dir, seed=7), datamodule(corpus_dir, seed=7)
     loader = first.train_dataloader()
-    pass_one = keys_of_pass(first, loader)
-    assert pass_one == keys_of_pass(second, second.train_dataloader())
-    assert pass_one != keys_of_pass(first, loader)  # the next pass draws and orders anew
+    epoch_one = torch.stack(train(loader))
+    assert torch.equal(epoch_one, torch.stack(train(second.train_dataloader())))
+    epoch_two = torch.stack(train(loader))
+    assert epoch_one.shape == epoch_two.shape and not torch.equal(epoch_one, epoch_two)
+
+
+def test_unconsumed_batches_are_served_again(corpus_dir):
+    loader = datamodule(corpus_dir).train_dataloader()
+    first = train(loader, batches=3)
+    again = train(loader)  # the 4th batch was fetched but not consumed: the epoch goes on from it
+    epoch = train(datamodule(corpus_dir).train_dataloader())
+    assert torch.equal(torch.stack(first + again), torch.stack(epoch))
+
+
+@pytest.mark.parametrize("consumed", [3, 6])  # 3: mid-epoch, mid-turn of the 2 workers
+def test_resume_from_state_continues_the_exact_stream(corpus_dir, consumed):
+    def make():
+        return datamodule(corpus_dir, num_workers=2, batch_size=4).train_dataloader()
+
+    uninterrupted = make()
+    reference = train(uninterrupted) + train(uninterrupted)  # two epochs
+    interrupted = make()
+    head = train(interrupted, batches=consumed)
+    resumed = make()
+    resumed.load_state_dict(interrupted.state_dict())
+    tail = train(resumed) + train(resumed)  # the rest of epoch one, then epoch two
+    assert torch.equal(torch.stack(head + tail), torch.stack(reference))
+
+
+def test_resume_with_other_worker_count_is_refused(corpus_dir):
+    loader = datamodule(corpus_dir, num_workers=2).train_dataloader()
+    train(loader, batches=1)
+    with pytest.raises(ConfigError, match="1 ranks x 2 streams .* not 1 x 1"):
+        datamodule(corpus_dir, num_workers=0).train_dataloader().load_state_dict(loader.state_dict())

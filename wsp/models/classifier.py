@@ -7,8 +7,6 @@ hyperparameters (checkpoints load with weights_only=True).
 
 from __future__ import annotations
 
-import time
-
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -21,17 +19,21 @@ from wsp.utils.schedule import lr_multiplier, peak_lr
 class Classifier(pl.LightningModule):
     def __init__(self, model_name: str, num_classes: int, optim: dict, loss: str = "softmax",
                  model_kwargs: dict | None = None, channels_last: bool = True,
-                 nonfinite_loss: str = "stop"):  # fmt: skip
+                 nonfinite_loss: str = "stop", compile: bool = False,
+                 grad_checkpointing: bool = False):  # fmt: skip
         super().__init__()
         self.save_hyperparameters()
         self.backbone = create_backbone(model_name, **(model_kwargs or {}))
+        if grad_checkpointing:  # recompute activations in backward: the largest models at full batch
+            self.backbone.set_grad_checkpointing(True)
+        if compile:  # compiles the forward in place, so state_dict keys (checkpoints, export) stay plain
+            self.backbone.compile()
         self.head = nn.Linear(self.backbone.num_features, num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
         if channels_last:  # faster convolutions on CPU and on tensor cores
             self.to(memory_format=torch.channels_last)
         self.skipped_samples = self.skipped_steps = 0
-        self._step_started = time.perf_counter()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -56,15 +58,12 @@ class Classifier(pl.LightningModule):
             self.skipped_steps += 1  # returning None makes Lightning skip this optimizer step
             self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(images))
             return None
-        now = time.perf_counter()
         self.log_dict({
             "train/loss": loss,
             "train/lr": self.optimizers().param_groups[0]["lr"],
-            "train/images_per_s": len(images) / max(now - self._step_started, 1e-9),
             "train/skipped_samples": float(self.skipped_samples),
         }, batch_size=len(images))  # fmt: skip
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(images))
-        self._step_started = now
         return loss
 
     def validation_step(self, batch, batch_idx):

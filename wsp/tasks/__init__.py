@@ -15,8 +15,10 @@ TASKS = ("demo", "synthetic", "corpus", "pretrain", "probe", "finetune", "dedup"
 
 def run_task(cfg: DictConfig) -> dict:
     """Run the task; the first process (global rank 0 under DDP) records results.json."""
+    import pytorch_lightning as pl
     from pytorch_lightning.utilities import rank_zero_only
 
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # weight init, and anything else unseeded
     module = importlib.import_module(f"wsp.tasks.{cfg.task.name}")
     start = time.perf_counter()
     with finishing_wandb():

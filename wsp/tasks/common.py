@@ -12,6 +12,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from wsp.config import ConfigError, require, require_choice
 from wsp.data.hashtags import HashtagDataModule
 from wsp.data.imagefolder import ImageFolderDataModule
+from wsp.utils.checkpoints import AtomicCheckpointIO
+from wsp.utils.throughput import Throughput
 
 DATA_MODULES = {"hashtags": HashtagDataModule, "imagefolder": ImageFolderDataModule}
 
@@ -37,9 +39,22 @@ def load_pretrained(cfg: DictConfig, backbone) -> None:
             raise ConfigError(str(err)) from None
 
 
+def make_classifier(cfg: DictConfig, num_classes: int, loss: str):
+    from wsp.models.classifier import Classifier
+
+    m = cfg.model
+    return Classifier(m.name, num_classes, dict(cfg.optim), loss=loss, model_kwargs=dict(m.kwargs),
+                      channels_last=m.channels_last, nonfinite_loss=cfg.task.nonfinite_loss, compile=m.compile,
+                      grad_checkpointing=m.grad_checkpointing)  # fmt: skip
+
+
 def world_size(cfg: DictConfig) -> int:
     """Processes in the run: the global batch, hence the lr and the schedule's length, depend on it."""
     devices = cfg.trainer.devices
+    if devices == -1 and cfg.trainer.accelerator == "gpu":  # every GPU of the node
+        import torch
+
+        devices = torch.cuda.device_count()
     if isinstance(devices, int) and devices > 0:
         return devices * cfg.trainer.num_nodes
     if OmegaConf.is_list(devices):
@@ -56,13 +71,20 @@ def steps_for(images: int, batch_size: int, cfg: DictConfig) -> int:
     return max(1, math.ceil(images / global_batch(batch_size, cfg)))
 
 
-def make_trainer(cfg: DictConfig, max_steps: int, loggers: list) -> pl.Trainer:
-    checkpoints = ModelCheckpoint(dirpath=Path(cfg.output_dir) / "checkpoints", save_last=True)
+def make_trainer(
+    cfg: DictConfig, max_steps: int, loggers: list, checkpoint_every: int | None = None
+) -> pl.Trainer:
+    """Checkpoints go to <output_dir>/checkpoints (`last.ckpt` every `checkpoint_every` steps, else at
+    epoch ends), written atomically; `ckpt_path=last` resumes from there."""
+    checkpoints = ModelCheckpoint(
+        dirpath=Path(cfg.output_dir) / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True
+    )
     return pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_steps=max_steps,
         max_epochs=-1,
         logger=loggers,
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, Throughput()],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=cfg.output_dir,
     )

@@ -5,25 +5,21 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from wsp.config import check_training, require_choice, require_positive
-from wsp.tasks.common import load_pretrained, make_datamodule, make_trainer, steps_for
+from wsp.tasks.common import load_pretrained, make_classifier, make_datamodule, make_trainer, steps_for
 from wsp.utils.loggers import build_loggers
 
 
 def run(cfg: DictConfig) -> dict:
-    from wsp.models.classifier import Classifier
-
     check_training(cfg)
     require_choice(cfg, "task.nonfinite_loss", ("stop", "skip"))
     require_positive(cfg, "task.epochs")
     datamodule = make_datamodule(cfg, ("imagefolder",))
     train_size = len(datamodule.dataset("train", augment=False))
     total_steps = steps_for(cfg.task.epochs * train_size, datamodule.batch_size, cfg)
-    model = Classifier(cfg.model.name, datamodule.num_classes, dict(cfg.optim), loss="softmax",
-                       model_kwargs=dict(cfg.model.kwargs), channels_last=cfg.model.channels_last,
-                       nonfinite_loss=cfg.task.nonfinite_loss)  # fmt: skip
+    model = make_classifier(cfg, datamodule.num_classes, loss="softmax")
     load_pretrained(cfg, model.backbone)
     trainer = make_trainer(cfg, total_steps, build_loggers(cfg))
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     (final,) = trainer.validate(model, datamodule=datamodule, verbose=False)
     return {
         "finetune/top1": final["val/top1"],

@@ -7,24 +7,32 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from wsp.config import check_training, require_choice, require_positive
-from wsp.tasks.common import global_batch, make_datamodule, make_trainer, steps_for
+from wsp.tasks.common import global_batch, make_classifier, make_datamodule, make_trainer, steps_for
 from wsp.utils.loggers import build_loggers
+from wsp.utils.schedule import INTERPOLATIONS, paper_schedule_images
+
+
+def schedule_images(cfg: DictConfig, corpus_images: int) -> int:
+    """`task.images`: a number, or `paper` for the paper's interpolation over the corpus size."""
+    if cfg.task.images != "paper":
+        require_positive(cfg, "task.images")
+        return int(cfg.task.images)
+    require_choice(cfg, "task.interpolation", INTERPOLATIONS)
+    return paper_schedule_images(corpus_images, cfg.task.interpolation)
 
 
 def run(cfg: DictConfig) -> dict:
     from wsp.models.backbones import export_backbone
-    from wsp.models.classifier import Classifier
 
     check_training(cfg)
     require_choice(cfg, "task.nonfinite_loss", ("stop", "skip"))
-    require_positive(cfg, "task.images")
+    require_positive(cfg, "task.checkpoint_every")
     datamodule = make_datamodule(cfg, ("hashtags",))
-    total_steps = steps_for(cfg.task.images, datamodule.batch_size, cfg)
-    model = Classifier(cfg.model.name, datamodule.num_classes, dict(cfg.optim), loss=cfg.model.loss,
-                       model_kwargs=dict(cfg.model.kwargs), channels_last=cfg.model.channels_last,
-                       nonfinite_loss=cfg.task.nonfinite_loss)  # fmt: skip
-    trainer = make_trainer(cfg, total_steps, build_loggers(cfg))
-    trainer.fit(model, datamodule=datamodule)
+    images = schedule_images(cfg, datamodule.num_samples("train"))
+    total_steps = steps_for(images, datamodule.batch_size, cfg)
+    model = make_classifier(cfg, datamodule.num_classes, loss=cfg.model.loss)
+    trainer = make_trainer(cfg, total_steps, build_loggers(cfg), checkpoint_every=cfg.task.checkpoint_every)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     final = trainer.validate(model, datamodule=datamodule, verbose=False)  # max_steps may stop mid-epoch
     exported = Path(cfg.output_dir) / cfg.task.export
     if trainer.is_global_zero:
@@ -35,6 +43,7 @@ def run(cfg: DictConfig) -> dict:
         **metrics,
         "train/skipped_steps": model.skipped_steps,
         "steps": trainer.global_step,
+        "images_scheduled": images,
         "images_processed": trainer.global_step * global_batch(datamodule.batch_size, cfg),
         "classes": datamodule.num_classes,
         "backbone": str(exported),

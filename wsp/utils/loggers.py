@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -10,10 +12,16 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """A run resuming from a checkpoint (`ckpt_path`) continues the wandb run of its output folder and
+    writes its CSV rows beside the earlier ones, in csv/resumed-<time>/."""
     out = Path(cfg.output_dir)
-    loggers: list[Logger] = [CSVLogger(save_dir=str(out), name="csv", version="")]
+    resuming = bool(cfg.get("ckpt_path"))
+    csv_version = f"resumed-{time.strftime('%Y-%m-%d_%H-%M-%S')}" if resuming else ""
+    loggers: list[Logger] = [CSVLogger(save_dir=str(out), name="csv", version=csv_version)]
     if cfg.logger.wandb:
         wandb_logger = WandbLogger(
+            id=hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16],  # one wandb run per output folder
+            resume="allow",
             project=cfg.logger.project,
             entity=cfg.logger.entity,
             group=cfg.logger.group,

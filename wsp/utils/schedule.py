@@ -10,6 +10,23 @@ from __future__ import annotations
 import math
 
 SCHEDULES = ("step", "cosine", "constant")
+INTERPOLATIONS = ("log", "linear")
+# The paper's two extremes of schedule length: 120 epochs over ImageNet's 1.2M images, 2 over 3.5B.
+PAPER_EXTREMES = ((1.2e6, 120.0), (3.5e9, 2.0))
+
+
+def paper_schedule_images(corpus_images: int, interpolation: str = "log") -> int:
+    """Images to process when pretraining on `corpus_images`: epochs interpolated between the paper's
+    extremes, linearly in the corpus size N or in log N, and held at the extremes outside them."""
+    (n0, e0), (n1, e1) = PAPER_EXTREMES
+    if interpolation == "log":
+        t = (math.log(corpus_images) - math.log(n0)) / (math.log(n1) - math.log(n0))
+    elif interpolation == "linear":
+        t = (corpus_images - n0) / (n1 - n0)
+    else:
+        raise ValueError(f"task.interpolation={interpolation}: valid are {', '.join(INTERPOLATIONS)}")
+    epochs = e0 + (e1 - e0) * min(1.0, max(0.0, t))
+    return round(epochs * corpus_images)
 
 
 def peak_lr(base_lr: float, global_batch: int) -> float:

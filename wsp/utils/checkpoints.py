@@ -1,0 +1,37 @@
+"""Lightning checkpoints that are never half-written, and a clear error for one that is."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from wsp.config import ConfigError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a hidden file beside the target, fsync, then rename over it: a process killed mid-write
+    leaves the previous checkpoint intact. Loading a truncated or corrupt file fails in one line."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        with open(partial, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        if not Path(path).is_file():
+            raise ConfigError(f"ckpt_path={path}: no such checkpoint file")
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            reason = str(err).strip().splitlines()[0]
+            raise ConfigError(
+                f"ckpt_path={path}: truncated or corrupt checkpoint ({reason}); remove it to resume from an "
+                "earlier one"
+            ) from None
