@@ -138,6 +138,7 @@ def test_pretrain_with_ddp_on_two_cpu_processes(tmp_path, corpus_for_runs):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 20 and results["images_processed"] == 640  # 20 steps x 16 images x 2 processes
+    assert results["train/images_per_s"] == pytest.approx(2 * results["train/images_per_s_per_device"])
     assert (out / "backbone.safetensors").is_file()
 
 

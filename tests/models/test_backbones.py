@@ -36,6 +36,19 @@ def test_export_loads_strictly_into_timm(tmp_path):
     assert torch.equal(model(x), again(x))
 
 
+def test_export_loads_with_the_overlay_that_drops_the_head(tmp_path):
+    """The issue's call: a model keeping timm's default head, every backbone weight from the file."""
+    model = create_backbone("wsp_resnext_tiny")
+    path = export_backbone(model, tmp_path / "backbone.safetensors")
+    again = timm.create_model("wsp_resnext_tiny", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path), num_classes=-1))  # fmt: skip
+    loaded = again.state_dict()
+    assert all(torch.equal(tensor, loaded[name]) for name, tensor in model.state_dict().items())
+    x = torch.randn(1, 3, 64, 64)
+    model.eval(), again.eval()
+    assert torch.equal(model(x), again.forward_head(again.forward_features(x), pre_logits=True))
+
+
 def test_mismatched_weights_are_an_error_not_a_partial_load(tmp_path):
     path = export_backbone(create_backbone("wsp_resnext_tiny"), tmp_path / "tiny.safetensors")
     with pytest.raises(ValueError, match="does not fit"):

@@ -30,3 +30,23 @@ def test_transfer_tasks_default_to_a_labelled_dataset_and_user_choice_wins(compo
 def test_image_size_travels_with_the_model(compose_config):
     assert compose_config("model=resnext101_32x16d").data.image_size == 224
     assert compose_config("model=resnext_tiny").data.image_size == 64
+
+
+def test_torchrun_trainer_reads_nodes_and_devices_from_torchruns_environment(compose_config, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "32")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    trainer = compose_config("trainer=torchrun").trainer
+    assert (trainer.devices, trainer.num_nodes, trainer.strategy) == (8, 4, "ddp")
+
+
+def test_slurm_trainer_sizes_the_submitit_job_from_the_trainer():
+    from hydra import compose, initialize_config_dir
+
+    from wsp.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["trainer=slurm", "trainer.num_nodes=4"],
+                      return_hydra_config=True)  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)

@@ -22,6 +22,38 @@ def test_pretrain_fast_dev_run_exports_a_backbone(compose_config, corpus_dir):
     assert results(cfg)["task"] == "pretrain" and results(cfg)["steps"] == 1
 
 
+def test_pretrain_length_defaults_to_the_papers_rule(compose_config, corpus_dir):
+    cfg = compose_config("task=pretrain", f"data.path={corpus_dir}", "+trainer.fast_dev_run=true", *FAST)
+    assert cfg.task.images == "paper"
+    train_images = sum(n for shard, n in json.loads((corpus_dir / "sizes.json").read_text()).items()
+                       if shard.startswith("train-"))  # fmt: skip
+    assert run_task(cfg)["images_scheduled"] == 120 * train_images  # a corpus below 1.2M: 120 epochs
+
+
+def test_pretrain_logs_throughput_and_data_wait(compose_config, corpus_dir):
+    cfg = compose_config("task=pretrain", f"data.path={corpus_dir}", "task.images=48", "trainer.log_every_n_steps=2",
+                         *FAST)  # fmt: skip
+    metrics = run_task(cfg)
+    assert metrics["train/images_per_s"] == pytest.approx(metrics["train/images_per_s_per_device"])
+    assert metrics["train/images_per_s"] > 0 and metrics["train/loss"] > 0
+    assert 0 <= metrics["train/data_wait_fraction"] < 1
+    logged = (Path(cfg.output_dir) / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/data_wait_fraction" in logged and "train/images_per_s_per_device" in logged
+
+
+@pytest.mark.slow
+def test_pretrain_compiled_with_activation_checkpointing(compose_config, corpus_dir):
+    from safetensors.torch import load_file
+
+    from wsp.models.backbones import create_backbone
+
+    cfg = compose_config("task=pretrain", f"data.path={corpus_dir}", "task.images=16", "model.compile=true",
+                         "model.grad_checkpointing=true", *FAST)  # fmt: skip
+    metrics = run_task(cfg)
+    assert metrics["steps"] == 2 and metrics["train/loss"] > 0
+    assert load_file(metrics["backbone"]).keys() == create_backbone(cfg.model.name).state_dict().keys()
+
+
 def test_finetune_fast_dev_run(compose_config, synthetic_dir):
     cfg = compose_config(
         "task=finetune", f"data.root={synthetic_dir / 'target'}", "+trainer.fast_dev_run=true", *FAST

@@ -33,11 +33,11 @@ def run(cfg: DictConfig) -> dict:
     model = make_classifier(cfg, datamodule.num_classes, loss=cfg.model.loss)
     trainer = make_trainer(cfg, total_steps, build_loggers(cfg), checkpoint_every=cfg.task.checkpoint_every)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     final = trainer.validate(model, datamodule=datamodule, verbose=False)  # max_steps may stop mid-epoch
     exported = Path(cfg.output_dir) / cfg.task.export
     if trainer.is_global_zero:
         export_backbone(model.backbone, exported)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     metrics.update(final[0] if final else {})
     return {
         **metrics,
