@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from wsp.config import ConfigError
 from wsp.corpus.sampling import ImageWeights
 from wsp.corpus.shards import IMAGE_KEYS
-from wsp.data.transforms import CentreCrop, RandomCropFlip
+from wsp.data.transforms import CentreCrop, RandomCropFlip, normalise
 
 Position = tuple[int, int, int]  # (groups read, pass, items of that pass read) of one stream
 
@@ -293,6 +293,10 @@ class HashtagDataModule(pl.LightningDataModule):
             *batch, position = batch
             self.train_loader.consumed(position)
         return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, *rest = batch
+        return normalise(images), *rest
 
     def val_dataloader(self) -> DataLoader:
         if not self.val_shards:
