@@ -136,3 +136,44 @@ def test_resume_with_other_worker_count_is_refused(corpus_dir):
     train(loader, batches=1)
     with pytest.raises(ConfigError, match="1 ranks x 2 streams .* not 1 x 1"):
         datamodule(corpus_dir, num_workers=0).train_dataloader().load_state_dict(loader.state_dict())
+
+
+def test_img2dataset_inputs_train_from_their_own_tars(tmp_path, synthetic_dir, in1k, compose_config):
+    """corpus.train_images=reference: no train image is copied; the loader labels the input tar's samples."""
+    import webdataset as wds
+
+    from tests.corpus.test_build import synthetic_posts, write_img2dataset_shard
+    from wsp.corpus.build import BuildOptions, CorpusError, build
+    from wsp.corpus.posts import Columns
+    from wsp.data.hashtags import shard_samples
+    from wsp.tasks import run_task
+
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    jsonl = synthetic_posts(synthetic_dir)[0]
+    write_img2dataset_shard(jsonl, downloaded)
+    copied, referenced = tmp_path / "copied", tmp_path / "referenced"
+    for output, mode in ((copied, "copy"), (referenced, "reference")):
+        options = BuildOptions(shard_size=1000, val_fraction=0.1, train_images=mode)
+        build([downloaded / "00000.tar"], output, in1k, Columns(), options)
+    assert not list(referenced.glob("train-*.tar")) and (referenced / "train-00000.ref.json").is_file()
+    for shared in ["vocab.json", *(p.name for p in copied.glob("val-*.tar"))]:
+        assert (referenced / shared).read_bytes() == (copied / shared).read_bytes(), shared
+
+    def train_samples(corpus):
+        dm = datamodule(corpus)
+        samples = [s for url in dm._urls(dm.train_shards) for s in shard_samples(url)]
+        return {json.loads(s["json"]).get("source", s["__key__"]): (s["jpg"], json.loads(s["json"])["labels"])
+                for s in samples}  # fmt: skip
+
+    expected = train_samples(copied)
+    assert train_samples(referenced) == expected
+    assert len(expected) == datamodule(referenced).num_samples("train") > 0
+    sample = next(iter(wds.WebDataset(str(downloaded / "00000.tar"), shardshuffle=False)))
+    assert b"caption" in sample["json"]  # the input keeps its own json; labels come from the reference
+
+    cfg = compose_config("task=pretrain", f"data.path={referenced}", "task.images=16", "logger=csv",
+                         "data.num_workers=0", "data.batch_size=8", "model.image_size=32")  # fmt: skip
+    assert run_task(cfg)["steps"] == 2
+    with pytest.raises(CorpusError, match="corpus.train_images=reference: .* is a posts table"):
+        build([jsonl], tmp_path / "refused", in1k, Columns(), BuildOptions(train_images="reference"))

@@ -53,3 +53,11 @@ def test_mismatched_weights_are_an_error_not_a_partial_load(tmp_path):
     path = export_backbone(create_backbone("wsp_resnext_tiny"), tmp_path / "tiny.safetensors")
     with pytest.raises(ValueError, match="does not fit"):
         load_backbone_weights(create_backbone("wsp_resnext_small"), path)
+
+
+@pytest.mark.parametrize("name", ["wsp_resnext_tiny", "resnext101_32x4d"])
+def test_last_batchnorm_of_every_residual_block_starts_at_zero(name):
+    model = create_backbone(name)
+    blocks = [block for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for block in stage]
+    assert blocks and all(not block.bn3.weight.any() for block in blocks)
+    assert model.bn1.weight.all()  # the stem's BatchNorm is not a residual branch's last

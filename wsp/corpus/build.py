@@ -36,7 +36,7 @@ from wsp.corpus.posts import (
     img2dataset_source_stats,
     read_posts,
 )
-from wsp.corpus.shards import ShardSink
+from wsp.corpus.shards import REFERENCE_SUFFIX, ShardSink, write_reference
 from wsp.hashtags.parse import MAX_HASHTAG_CHARS, extract_hashtags, normalize_hashtags
 from wsp.hashtags.vocab import Vocabulary
 
@@ -67,6 +67,7 @@ class BuildOptions:
     max_error_rate: float = 0.1  # fail when more of the input than this is broken
     verify_images: str = "header"  # header (fast container check) | decode (full decode)
     exclude: tuple[str, ...] = ()  # post keys to drop (e.g. near-duplicates of evaluation images)
+    train_images: str = "copy"  # copy | reference: train samples of img2dataset inputs stay in their tars
 
     def fingerprint(self, inputs: list[Path], vocabulary: Vocabulary, columns: Columns) -> str:
         """Identifies a build: cached map results of another build (other options, columns, vocabulary,
@@ -195,6 +196,7 @@ def write_unit(index: int, unit: Path, output: Path, full: Vocabulary, kept: Voc
     sinks = {
         split: ShardSink(output, f"{split}-{index:05d}", options.shard_size) for split in ("train", "val")
     }
+    references: dict[str, list[int]] | None = {} if options.train_images == "reference" else None
     drops, posts, frequencies = Drops(), 0, defaultdict(float)
     replaced = total_labels = 0
     for post in read_posts(unit, columns):
@@ -223,11 +225,18 @@ def write_unit(index: int, unit: Path, output: Path, full: Vocabulary, kept: Voc
             meta = {**meta, "labels": noisy.labels, "clean_labels": labels}
         meta["label_names"] = [kept.labels[i].name for i in meta["labels"]]
         split = "val" if is_val(post.key, options.val_fraction) else "train"
-        sinks[split].write({"__key__": shard_key(post.key), extension: image, "json": meta})
+        if split == "train" and references is not None:
+            references[post.key] = meta["labels"]  # an img2dataset post's key is its tar member key
+        else:
+            sinks[split].write({"__key__": shard_key(post.key), extension: image, "json": meta})
         if split == "train":
             for label in meta["labels"]:
                 frequencies[label] += 1.0 / len(meta["labels"])
     sizes = {name: n for sink in sinks.values() for name, n in sink.close().items()}
+    if references:
+        name = f"train-{index:05d}{REFERENCE_SUFFIX}"
+        write_reference(output / name, unit, references)
+        sizes[name] = len(references)
     return {"posts": posts, "sizes": sizes, "drops": drops.to_json(), "train_frequency": {str(k): v for k, v in sorted(frequencies.items())},
             "noise": {"replaced": replaced, "labels": total_labels}}  # fmt: skip
 
@@ -245,6 +254,12 @@ class CorpusBuilder:
     def run(self, stage: str = "all", part: int = 0, num_parts: int = 1) -> dict | None:
         if stage not in STAGES:
             raise CorpusError(f"corpus.stage={stage}: valid are {', '.join(STAGES)}")
+        tables = [p for p in self.inputs if p.suffix.lower() not in SHARD_SUFFIXES]
+        if self.options.train_images == "reference" and tables:
+            raise CorpusError(
+                f"corpus.train_images=reference: the loader reads train images from img2dataset tar shards, "
+                f"but {tables[0]} is a posts table; use corpus.train_images=copy"
+            )
         self.work.mkdir(parents=True, exist_ok=True)
         mine = [i for i in range(len(self.inputs)) if stage == "all" or i % num_parts == part]
         if stage in ("all", "count"):

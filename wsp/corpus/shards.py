@@ -40,6 +40,17 @@ def tar_member(name: str, data: bytes) -> bytes:
     return ustar_header(name, len(data)) + data + b"\0" * (-len(data) % BLOCK)
 
 
+REFERENCE_SUFFIX = ".ref.json"  # a train "shard" that labels the samples of an input img2dataset tar
+
+
+def write_reference(path: Path, shard: Path, labels: dict[str, list[int]]) -> None:
+    """Labels of the samples of `shard` (by tar member key) kept for training, written atomically: the
+    loader reads the images from the input shard itself, so the build copies no train image bytes."""
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps({"shard": str(shard.resolve()), "labels": labels}))
+    os.replace(partial, path)
+
+
 class ShardSink:
     """Writes samples to `<prefix>-000000.tar`, `<prefix>-000001.tar`, ... of `shard_size` samples each.
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from wsp.config import ConfigError
 from wsp.corpus.sampling import ImageWeights
-from wsp.corpus.shards import IMAGE_KEYS
+from wsp.corpus.shards import IMAGE_KEYS, REFERENCE_SUFFIX
 from wsp.data.transforms import CentreCrop, RandomCropFlip, normalise
 
 Position = tuple[int, int, int]  # (groups read, pass, items of that pass read) of one stream
@@ -61,6 +61,20 @@ def decode(
     target = torch.zeros(num_classes)
     target[labels] = 1.0 / len(labels)
     return pixels, target
+
+
+def shard_samples(url: str):
+    """Samples of one train shard. A reference (`train-*.ref.json`, `corpus.train_images=reference`)
+    yields the labelled samples of the img2dataset tar it names, its labels replacing their json."""
+    if not url.endswith(REFERENCE_SUFFIX):
+        yield from wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": url}])
+        return
+    reference = json.loads(Path(url).read_text())
+    labels = reference["labels"]
+    for sample in wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": reference["shard"]}]):
+        key = sample["__key__"].rpartition("/")[2]
+        if key in labels:  # posts the build dropped, or kept for validation, are not training samples
+            yield {**sample, "json": json.dumps({"labels": labels[key]}).encode()}
 
 
 def resample(samples, weights: ImageWeights, n_images: int, rng: random.Random):
@@ -109,7 +123,7 @@ class HashtagStream(IterableDataset):
         key = (self.seed, self.rank, stream, pass_)
         urls = list(self.shards[stream])
         seeded_rng(*key, "shards").shuffle(urls)
-        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)({"url": u} for u in urls)
+        samples = (sample for url in urls for sample in shard_samples(url))
         samples = resample(samples, self.weights, self.n_images, seeded_rng(*key, "resample"))
         return shuffle(samples, self.shuffle_buffer, seeded_rng(*key, "shuffle"))
 

@@ -21,6 +21,7 @@ def run(cfg: DictConfig) -> dict:
     require_positive(cfg, "corpus.shard_size", "corpus.min_count", "corpus.workers", "corpus.num_parts")
     require_choice(cfg, "corpus.stage", STAGES)
     require_choice(cfg, "corpus.verify_images", ("header", "decode"))
+    require_choice(cfg, "corpus.train_images", ("copy", "reference"))
     if c.max_labels is not None and (not isinstance(c.max_labels, int) or c.max_labels < 1):
         raise ConfigError(f"corpus.max_labels={c.max_labels}: must be null or an integer >= 1")
     for key in ("val_fraction", "label_noise", "max_error_rate"):
@@ -39,7 +40,7 @@ def run(cfg: DictConfig) -> dict:
     options = BuildOptions(
         shard_size=c.shard_size, val_fraction=c.val_fraction, min_count=c.min_count, max_labels=c.max_labels,
         label_noise=c.label_noise, seed=c.seed, max_error_rate=c.max_error_rate, verify_images=c.verify_images,
-        exclude=exclude,
+        exclude=exclude, train_images=c.train_images,
     )  # fmt: skip
     builder = CorpusBuilder(inputs, Path(c.output), vocabulary, Columns(**c.columns), options, c.workers)
     try:
