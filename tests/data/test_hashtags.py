@@ -27,6 +27,7 @@ def test_virtual_epoch_has_the_corpus_size_in_batches(corpus_dir):
     batches = list(dm.train_dataloader())
     assert len(batches) == dm.num_samples("train") // 8
     assert len(set(dm.train_shards)) == len(dm.train_shards) >= 2
+    assert len(list(datamodule(corpus_dir, epoch_images=80).train_dataloader())) == 10
 
 
 def test_val_stream_covers_every_val_sample_once(corpus_dir):

@@ -41,6 +41,14 @@ def test_pretrain_logs_throughput_and_data_wait(compose_config, corpus_dir):
     assert "train/data_wait_fraction" in logged and "train/images_per_s_per_device" in logged
 
 
+def test_pretrain_in_bf16_autocast(compose_config, corpus_dir):
+    """trainer=gpu's precision, on CPU: uint8 batches standardised, the loss in fp32."""
+    cfg = compose_config("task=pretrain", f"data.path={corpus_dir}", "task.images=16", "trainer.precision=bf16-mixed",
+                         *FAST)  # fmt: skip
+    metrics = run_task(cfg)
+    assert metrics["steps"] == 2 and 0 < metrics["train/loss"] < 10 and 0 <= metrics["val/top1"] <= 100
+
+
 @pytest.mark.slow
 def test_pretrain_compiled_with_activation_checkpointing(compose_config, corpus_dir):
     from safetensors.torch import load_file

@@ -248,8 +248,10 @@ def collate(batch):
 
 class HashtagDataModule(pl.LightningDataModule):
     def __init__(self, path: str, batch_size: int, num_workers: int, image_size: int, resampling: str = "sqrt",
-                 min_scale: float = 0.08, shuffle_buffer: int = 2000, seed: int = 0):  # fmt: skip
+                 min_scale: float = 0.08, shuffle_buffer: int = 2000, seed: int = 0,
+                 epoch_images: int | None = None):  # fmt: skip
         super().__init__()
+        self.epoch_images = epoch_images
         self.path = Path(path)
         self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
         self.resampling, self.min_scale, self.shuffle_buffer, self.seed = (
@@ -278,6 +280,11 @@ class HashtagDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def images_per_epoch(self) -> int:
+        """A virtual epoch (Lightning's epoch: validation and epoch-end checkpoints follow it)."""
+        return self.epoch_images or self.num_samples("train")
+
     def num_samples(self, split: str) -> int:
         return sum(n for name, n in self.sizes.items() if name.startswith(f"{split}-"))
 
@@ -295,7 +302,7 @@ class HashtagDataModule(pl.LightningDataModule):
         mine = self._urls(self.train_shards)[rank::world]
         stream = HashtagStream(
             [mine[s::streams] for s in range(streams)], self.weights, self.num_samples("train"), self.batch_size,
-            groups_per_epoch=max(1, self.num_samples("train") // (self.batch_size * world * streams)),
+            groups_per_epoch=max(1, self.images_per_epoch // (self.batch_size * world * streams)),
             transform=RandomCropFlip(self.image_size, self.min_scale), num_classes=self.num_classes,
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank,
         )  # fmt: skip
