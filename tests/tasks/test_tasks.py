@@ -99,7 +99,7 @@ def test_pretrain_then_probe_and_finetune_from_its_outputs(
         (["task=pretrain", "optim.base_lr=-1", "data.path=/x"], "optim.base_lr=-1"),
         (["task=pretrain"], "data.path is required"),
         (["task=pretrain", "data.path=/nonexistent"], "data.path=/nonexistent: no sizes.json"),
-        (["task=probe", "data.root=/nonexistent"], "data.root=/nonexistent: no train/ folder"),
+        (["task=probe", "data.root=/nonexistent"], "data.root=/nonexistent: no /nonexistent/train"),
         (
             ["task=probe", "data.root=/x", "backbone.weights=/no/such.safetensors"],
             "backbone.weights=/no/such",

@@ -28,8 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wsp.corpus.shards import IMAGE_KEYS
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+from wsp.utils.images import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

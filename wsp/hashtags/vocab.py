@@ -19,6 +19,7 @@ from pathlib import Path
 
 from wsp.hashtags.parse import normalize
 from wsp.hashtags.wordnet import imagenet1k_wnids, load_wordnet, synset_to_wnid, wnid_to_synset
+from wsp.utils.images import image_files
 
 AMBIGUITY_POLICIES = ("first_sense", "all", "drop")
 
@@ -109,7 +110,6 @@ def _sense_rank(lemma: str, wnid: str) -> int:
 
 
 VOCABULARIES = ("in1k", "imagenet_k", "wordnet", "wnids", "hashtags")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def imagenet_k_wnids(imagenet22k_root: str | Path, classes: int) -> list[str]:
@@ -121,7 +121,7 @@ def imagenet_k_wnids(imagenet22k_root: str | Path, classes: int) -> list[str]:
         raise FileNotFoundError(f"corpus.imagenet22k_root={imagenet22k_root}: no such folder")
     in1k = set(imagenet1k_wnids())
     counts = {
-        folder.name: sum(1 for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        folder.name: len(image_files(folder))
         for folder in root.iterdir()
         if folder.is_dir() and folder.name not in in1k
     }

@@ -11,11 +11,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from wsp.config import ConfigError, require, require_choice
 from wsp.data.hashtags import HashtagDataModule
-from wsp.data.imagefolder import ImageFolderDataModule
+from wsp.data.transfer import LAYOUTS, TransferDataModule
 from wsp.utils.checkpoints import AtomicCheckpointIO
 from wsp.utils.throughput import Throughput
 
-DATA_MODULES = {"hashtags": HashtagDataModule, "imagefolder": ImageFolderDataModule}
+TRANSFER = tuple(LAYOUTS)  # the labelled datasets probe and finetune read
 
 
 def make_datamodule(cfg: DictConfig, kinds: tuple[str, ...]) -> pl.LightningDataModule:
@@ -23,7 +23,9 @@ def make_datamodule(cfg: DictConfig, kinds: tuple[str, ...]) -> pl.LightningData
     require(cfg, "data.path" if cfg.data.name == "hashtags" else "data.root")
     args = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "name"}
     try:
-        return DATA_MODULES[cfg.data.name](**args)
+        if cfg.data.name == "hashtags":
+            return HashtagDataModule(**args)
+        return TransferDataModule(cfg.data.name, **args)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from wsp.config import check_training, require_choice, require_positive
-from wsp.tasks.common import load_pretrained, make_classifier, make_datamodule, make_trainer, steps_for
+from wsp.tasks.common import (
+    TRANSFER,
+    load_pretrained,
+    make_classifier,
+    make_datamodule,
+    make_trainer,
+    steps_for,
+)
 from wsp.utils.loggers import build_loggers
 
 
@@ -13,7 +20,7 @@ def run(cfg: DictConfig) -> dict:
     check_training(cfg)
     require_choice(cfg, "task.nonfinite_loss", ("stop", "skip"))
     require_positive(cfg, "task.epochs")
-    datamodule = make_datamodule(cfg, ("imagefolder",))
+    datamodule = make_datamodule(cfg, TRANSFER)
     train_size = len(datamodule.dataset("train", augment=False))
     total_steps = steps_for(cfg.task.epochs * train_size, datamodule.batch_size, cfg)
     model = make_classifier(cfg, datamodule.num_classes, loss="softmax")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from wsp.config import ConfigError, require_positive
-from wsp.tasks.common import load_pretrained, make_datamodule
+from wsp.tasks.common import TRANSFER, load_pretrained, make_datamodule
 from wsp.utils.loggers import build_loggers, log_metrics
 
 
@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> dict:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     load_pretrained(cfg, backbone)
-    datamodule = make_datamodule(cfg, ("imagefolder",))
+    datamodule = make_datamodule(cfg, TRANSFER)
     features = {
         split: extract_features(backbone, loader, desc=f"features ({split})")
         for split, loader in datamodule.feature_loaders().items()

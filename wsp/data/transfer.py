@@ -1,0 +1,118 @@
+"""The transfer datasets as one LightningDataModule: any layout of wsp.data.labelled, the paper's
+augmentation for training, resize + centre crop for evaluation.
+
+Images go through the same uint8 crop code as the hashtag stream and are standardised on the device
+(`on_after_batch_transfer`; feature extraction calls `normalise` itself). An unreadable image is
+dropped from its batch and counted (batches are (images, labels, skipped)); more than
+`max_unreadable` of a split stops the run, naming one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from wsp.data import labelled
+from wsp.data.transforms import CentreCrop, RandomCropFlip, normalise
+
+LAYOUTS = {
+    "imagefolder": labelled.image_folder,
+    "imagenet": labelled.imagenet,
+    "imagenet_k": labelled.imagenet_k,
+    "cub": labelled.cub,
+    "places365": labelled.places365,
+}
+
+
+class LabelledImages(Dataset):
+    def __init__(self, samples: labelled.Samples, transform, boxes: dict, max_unreadable: float):
+        self.samples, self.transform, self.boxes, self.max_unreadable = (
+            samples,
+            transform,
+            boxes,
+            max_unreadable,
+        )
+        self.unreadable = multiprocessing.Value("i", 0)  # shared with the (forked) loader workers
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        rng = random.Random(int(torch.randint(2**62, ())))  # torch's RNG: seeded per worker by Lightning
+        try:
+            with Image.open(path) as image:
+                if path in self.boxes:  # CUB: crop to the bird first (x, y, width, height)
+                    x, y, w, h = self.boxes[path]
+                    image = image.convert("RGB").crop((x, y, x + w, y + h))
+                return self.transform(image, rng), label
+        except Exception as err:  # missing, truncated, not an image: skip and count, up to the cap
+            with self.unreadable.get_lock():
+                self.unreadable.value += 1
+                count = self.unreadable.value
+            if count > self.max_unreadable * len(self):
+                raise ValueError(
+                    f"data.root: {count} of {len(self)} images unreadable, more than data.max_unreadable="
+                    f"{self.max_unreadable}; e.g. {path} ({err})"
+                ) from None
+            return None
+
+
+def collate(batch):
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        raise ValueError("data.root: a whole batch of images was unreadable")
+    images, labels = zip(*kept, strict=True)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(len(batch) - len(kept))
+
+
+class TransferDataModule(pl.LightningDataModule):
+    def __init__(self, layout: str, root: str, batch_size: int, num_workers: int, image_size: int,
+                 min_scale: float = 0.08, crop_pct: float = 0.875, max_unreadable: float = 0.01,
+                 **layout_options):  # fmt: skip
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"data.name={layout}: valid are {', '.join(LAYOUTS)}")
+        self.splits = LAYOUTS[layout](root, **layout_options)
+        if not self.splits.train:
+            raise ValueError(f"data.root={root}: the train split has no images")
+        self.batch_size, self.num_workers, self.max_unreadable = batch_size, num_workers, max_unreadable
+        self.train_transform = RandomCropFlip(image_size, min_scale)
+        self.eval_transform = CentreCrop(image_size, crop_pct)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.splits.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.splits.classes)
+
+    def dataset(self, split: str, augment: bool) -> LabelledImages:
+        samples = self.splits.train if split == "train" else self.splits.val
+        transform = self.train_transform if augment else self.eval_transform
+        return LabelledImages(samples, transform, self.splits.boxes, self.max_unreadable)
+
+    def _loader(self, split: str, augment: bool, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split, augment), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          collate_fn=collate)  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", augment=True, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", augment=False, shuffle=False)
+
+    def feature_loaders(self) -> dict[str, DataLoader]:
+        """Un-augmented, unshuffled loaders of both splits, for feature extraction."""
+        return {split: self._loader(split, augment=False, shuffle=False) for split in ("train", "val")}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, *rest = batch
+        return normalise(images), *rest
