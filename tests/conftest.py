@@ -3,17 +3,21 @@ and configs composed from the real conf/ files."""
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 from wsp.config import CONF_DIR
 from wsp.corpus.build import BuildOptions, build, expand_inputs
 from wsp.corpus.posts import Columns
 from wsp.corpus.synthetic import generate
 from wsp.hashtags.vocab import build_vocabulary
+from wsp.hashtags.wordnet import imagenet1k_wnids
 
 MINI = dict(concepts=6, posts=240, image_size=48, zipf_exponent=1.0, multi_concept_rate=0.15, wrong_tag_rate=0.2,
             missing_tag_rate=0.1, target_train_per_class=4, target_val_per_class=3, posts_per_file=60, seed=0)  # fmt: skip
@@ -48,3 +52,33 @@ def compose_config(tmp_path):
             return compose(config_name="config", overrides=[f"output_dir={tmp_path}", *overrides])
 
     return _compose
+
+
+WNIDS = imagenet1k_wnids()
+
+
+def tiny_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 100, 50)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def put(path: Path, source: Path | None = None) -> Path:
+    """A tiny JPEG at `path` (a hard link to `source` when given: thousands of files cost nothing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if source is None:
+        path.write_bytes(tiny_jpeg())
+    else:
+        os.link(source, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def imagenet_root(tmp_path_factory) -> Path:
+    """train/ and val/ as wnid folders, one image per class (all 1,000, as torchvision needs)."""
+    root = tmp_path_factory.mktemp("imagenet")
+    source = put(root / "source.jpg")
+    for i, wnid in enumerate(WNIDS):
+        put(root / "train" / wnid / f"{wnid}_{i}.JPEG", source)
+        put(root / "val" / wnid / f"ILSVRC2012_val_{i + 1:08d}.JPEG", source)
+    return root

@@ -1,45 +1,13 @@
 """Miniature replicas of each official layout (tiny JPEGs, the real list formats) read by wsp's parsers."""
 
 import csv
-import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.conftest import WNIDS, put
 from wsp.data import labelled
-from wsp.hashtags.wordnet import imagenet1k_wnids
-
-WNIDS = imagenet1k_wnids()
-
-
-def tiny_jpeg() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 100, 50)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def put(path: Path, source: Path | None = None) -> Path:
-    """A tiny JPEG at `path` (a hard link to `source` when given: thousands of files cost nothing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if source is None:
-        path.write_bytes(tiny_jpeg())
-    else:
-        os.link(source, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def imagenet_root(tmp_path_factory) -> Path:
-    """train/ and val/ as wnid folders, one image per class (all 1,000, as torchvision needs)."""
-    root = tmp_path_factory.mktemp("imagenet")
-    source = put(root / "source.jpg")
-    for i, wnid in enumerate(WNIDS):
-        put(root / "train" / wnid / f"{wnid}_{i}.JPEG", source)
-        put(root / "val" / wnid / f"ILSVRC2012_val_{i + 1:08d}.JPEG", source)
-    return root
 
 
 def flat_val(root: Path, truth: list[str]) -> None:

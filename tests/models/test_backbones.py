@@ -2,7 +2,7 @@ import pytest
 import timm
 import torch
 
-from wsp.models.backbones import create_backbone, export_backbone, load_backbone_weights
+from wsp.models.backbones import create_backbone, export_backbone, load_weights
 
 
 def test_registered_tiny_resnext_is_a_resnext():
@@ -52,7 +52,7 @@ def test_export_loads_with_the_overlay_that_drops_the_head(tmp_path):
 def test_mismatched_weights_are_an_error_not_a_partial_load(tmp_path):
     path = export_backbone(create_backbone("wsp_resnext_tiny"), tmp_path / "tiny.safetensors")
     with pytest.raises(ValueError, match="does not fit"):
-        load_backbone_weights(create_backbone("wsp_resnext_small"), path)
+        load_weights(create_backbone("wsp_resnext_small"), path)
 
 
 @pytest.mark.parametrize("name", ["wsp_resnext_tiny", "resnext101_32x4d"])
@@ -61,3 +61,24 @@ def test_last_batchnorm_of_every_residual_block_starts_at_zero(name):
     blocks = [block for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for block in stage]
     assert blocks and all(not block.bn3.weight.any() for block in blocks)
     assert model.bn1.weight.all()  # the stem's BatchNorm is not a residual branch's last
+
+
+def test_torchvision_layout_wsl_weights_load_strictly(tmp_path):
+    """WSL-Images checkpoints (torch hub) are torchvision ResNeXts: they load into timm's model as they are."""
+    import torchvision
+
+    reference = torchvision.models.resnext101_32x8d(weights=None).eval()
+    path = tmp_path / "ig_resnext101_32x8-c38310e5.pth"
+    torch.save(reference.state_dict(), path)
+    model = timm.create_model("resnext101_32x8d", num_classes=1000).eval()
+    load_weights(model, path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-4)
+    backbone = create_backbone("resnext101_32x8d")
+    load_weights(backbone, path)  # a backbone leaves the released head out
+    assert torch.equal(backbone.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)
+    with pytest.raises(
+        ValueError, match="does not fit model resnext101_32x4d: size mismatch for layer1.0.conv1.weight"
+    ):
+        load_weights(timm.create_model("resnext101_32x4d", num_classes=1000), path)

@@ -126,3 +126,21 @@ def test_a_diverging_run_stops_naming_the_step_or_skips_and_counts(compose_confi
         run_task(compose_config(*diverge))
     metrics = run_task(compose_config(*diverge, "task.nonfinite_loss=skip"))
     assert metrics["train/skipped_steps"] >= 1  # the run finished, counting the skipped steps
+
+
+def test_evaluate_a_classifier_with_its_own_head_on_imagenet_val(compose_config, imagenet_root, tmp_path):
+    """A head that always ranks classes 5, 4, 3, 2, 1 first: top-1 is class 5's share of val, top-5 five's."""
+    import timm
+    import torch
+
+    model = timm.create_model("wsp_resnext_tiny", num_classes=1000)
+    state = model.state_dict()
+    state["fc.weight"].zero_()
+    state["fc.bias"].zero_()
+    state["fc.bias"][[5, 4, 3, 2, 1]] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "classifier.pth")  # as DDP saves it
+    cfg = compose_config("task=evaluate", f"data.root={imagenet_root}", f"backbone.weights={tmp_path / 'classifier.pth'}",
+                         "data.num_workers=0", "data.batch_size=250")  # fmt: skip
+    metrics = run_task(cfg)
+    assert metrics["val_images"] == 1000 and metrics["crop_pct"] == 0.875
+    assert metrics["eval/top1"] == pytest.approx(0.1) and metrics["eval/top5"] == pytest.approx(0.5)

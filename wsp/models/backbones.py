@@ -74,28 +74,41 @@ def create_backbone(name: str, **kwargs) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
 
 
-def backbone_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """timm-keyed backbone weights from an exported .safetensors file or a Lightning checkpoint."""
+def read_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from an exported .safetensors file, a Lightning checkpoint, or a torch .pth/.bin file
+    (torch-hub WSL-Images, timm's `fb_wsl_*` files): nesting under `state_dict`/`model` is unwrapped and
+    a DDP `module.` prefix removed; a Lightning module's `backbone.` weights are taken alone."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"backbone.weights={checkpoint}: no such file")
     if path.suffix == ".safetensors":
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    prefix = "backbone."
-    if any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    for nesting in ("state_dict", "model"):
+        if isinstance(state.get(nesting), dict):
+            state = state[nesting]
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):  # a wsp Lightning checkpoint: its backbone alone
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     return state
 
 
-def load_backbone_weights(backbone: torch.nn.Module, checkpoint: str | Path) -> None:
-    """Load strictly: a mismatch is an error naming the differing keys, never a partial load."""
-    result = backbone.load_state_dict(backbone_state_dict(checkpoint), strict=False)
+def load_weights(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Load strictly: a mismatch is an error naming the differing keys, never a partial load. A model
+    built without a classifier (a backbone) leaves a released classifier's head out of the file."""
+    state = read_state_dict(checkpoint)
+    if getattr(model, "num_classes", None) == 0:
+        head = f"{model.pretrained_cfg.get('classifier', 'fc')}."
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+    unfit = f"backbone.weights={checkpoint} does not fit model {model.pretrained_cfg.get('architecture', '')}"
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        raise ValueError(f"{unfit}: {str(err).splitlines()[1].strip()}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
-            f"backbone.weights={checkpoint} does not fit the model: "
-            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
+            f"{unfit}: missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
         )
 
 

@@ -32,11 +32,11 @@ def make_datamodule(cfg: DictConfig, kinds: tuple[str, ...]) -> pl.LightningData
 
 def load_pretrained(cfg: DictConfig, backbone) -> None:
     """Load `backbone.weights` (exported .safetensors or Lightning .ckpt) strictly; null keeps random init."""
-    from wsp.models.backbones import load_backbone_weights
+    from wsp.models.backbones import load_weights
 
     if cfg.backbone.weights:
         try:
-            load_backbone_weights(backbone, cfg.backbone.weights)
+            load_weights(backbone, cfg.backbone.weights)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(str(err)) from None
 
