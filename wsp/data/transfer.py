@@ -3,7 +3,7 @@ augmentation for training, resize + centre crop for evaluation.
 
 Images go through the same uint8 crop code as the hashtag stream and are standardised on the device
 (`on_after_batch_transfer`; feature extraction calls `normalise` itself). An unreadable image is
-dropped from its batch and counted (batches are (images, labels, skipped)); more than
+dropped from its batch and counted (batches are (images, labels, skipped, sample indices)); more than
 `max_unreadable` of a split stops the run, naming one.
 """
 
@@ -50,7 +50,7 @@ class LabelledImages(Dataset):
                 if path in self.boxes:  # CUB: crop to the bird first (x, y, width, height)
                     x, y, w, h = self.boxes[path]
                     image = image.convert("RGB").crop((x, y, x + w, y + h))
-                return self.transform(image, rng), label
+                return self.transform(image, rng), label, i
         except Exception as err:  # missing, truncated, not an image: skip and count, up to the cap
             with self.unreadable.get_lock():
                 self.unreadable.value += 1
@@ -67,8 +67,13 @@ def collate(batch):
     kept = [item for item in batch if item is not None]
     if not kept:
         raise ValueError("data.root: a whole batch of images was unreadable")
-    images, labels = zip(*kept, strict=True)
-    return torch.stack(images), torch.tensor(labels), torch.tensor(len(batch) - len(kept))
+    images, labels, indices = zip(*kept, strict=True)
+    return (
+        torch.stack(images),
+        torch.tensor(labels),
+        torch.tensor(len(batch) - len(kept)),
+        torch.tensor(indices),
+    )
 
 
 class TransferDataModule(pl.LightningDataModule):

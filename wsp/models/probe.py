@@ -8,22 +8,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from wsp.data.transforms import normalise
 from wsp.models.losses import topk_hits
-
-
-@torch.no_grad()
-def extract_features(backbone: torch.nn.Module, loader: DataLoader, desc: str = "features"):
-    """(features, labels) of every sample, the backbone in eval mode (BatchNorm uses running stats)."""
-    backbone.eval()
-    features, labels = [], []
-    for images, targets, *_ in tqdm(loader, desc=desc, unit="batch"):  # uint8 images, as the loaders give
-        features.append(backbone(normalise(images)).float())
-        labels.append(targets)
-    return torch.cat(features), torch.cat(labels)
 
 
 @dataclass
