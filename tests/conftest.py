@@ -82,3 +82,30 @@ def imagenet_root(tmp_path_factory) -> Path:
         put(root / "train" / wnid / f"{wnid}_{i}.JPEG", source)
         put(root / "val" / wnid / f"ILSVRC2012_val_{i + 1:08d}.JPEG", source)
     return root
+
+
+@pytest.fixture(scope="session")
+def cub_root(tmp_path_factory, synthetic_dir) -> Path:
+    """The synthetic target task in CUB-200-2011's layout: its classes as bird classes, its splits as
+    train_test_split.txt, boxes around the whole image."""
+    root = tmp_path_factory.mktemp("CUB_200_2011")
+    classes = sorted(p.name for p in (synthetic_dir / "target" / "train").iterdir())
+    rows = {name: [] for name in ("images", "image_class_labels", "train_test_split", "bounding_boxes")}
+    for split in ("train", "val"):
+        for label, wnid in enumerate(classes):
+            for image in sorted((synthetic_dir / "target" / split / wnid).iterdir()):
+                i = len(rows["images"]) + 1
+                relative = f"{label + 1:03d}.{wnid}/{split}_{image.name}"
+                (root / "images" / relative).parent.mkdir(parents=True, exist_ok=True)
+                os.link(image, root / "images" / relative)
+                width, height = Image.open(image).size
+                rows["images"].append(f"{i} {relative}")
+                rows["image_class_labels"].append(f"{i} {label + 1}")
+                rows["train_test_split"].append(f"{i} {int(split == 'train')}")
+                rows["bounding_boxes"].append(f"{i} 0.0 0.0 {width}.0 {height}.0")
+    for name, lines in rows.items():
+        (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    (root / "classes.txt").write_text(
+        "".join(f"{i + 1} {i + 1:03d}.{wnid}\n" for i, wnid in enumerate(classes))
+    )
+    return root

@@ -70,18 +70,17 @@ def test_finetune_fast_dev_run(compose_config, synthetic_dir):
     assert 0 <= metrics["finetune/top1"] <= 100
 
 
-def test_pretrain_then_probe_and_finetune_from_its_outputs(
-    compose_config, corpus_dir, synthetic_dir, tmp_path
-):
+def test_pretrain_then_probe_and_finetune_from_its_outputs(compose_config, corpus_dir, cub_root):
+    """A Lightning checkpoint and the exported backbone, each probed and fine-tuned on a CUB replica."""
     pre = compose_config("task=pretrain", f"data.path={corpus_dir}", "task.images=32", *FAST)
     pretrained = run_task(pre)
     assert pretrained["steps"] == 4 and "val/top1" in pretrained
     checkpoint = Path(pre.output_dir) / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
-    target = f"data.root={synthetic_dir / 'target'}"
+    target = ["data=cub", f"data.root={cub_root}", "data.crop_to_box=true"]
     for weights in (pretrained["backbone"], checkpoint):
         probe = compose_config(
-            "task=probe", target, f"backbone.weights={weights}", "task.l2_grid=[0.01,1.0]", *FAST
+            "task=probe", *target, f"backbone.weights={weights}", "task.l2_grid=[0.01,1.0]", *FAST
         )
         metrics = run_task(probe)
         assert (
@@ -89,7 +88,7 @@ def test_pretrain_then_probe_and_finetune_from_its_outputs(
             and metrics["train_images"] == 24
             and metrics["val_images"] == 18
         )
-    tune = compose_config("task=finetune", target, f"backbone.weights={checkpoint}", "task.epochs=1", *FAST)
+    tune = compose_config("task=finetune", *target, f"backbone.weights={checkpoint}", "task.epochs=1", *FAST)
     assert run_task(tune)["steps"] == 3
 
 

@@ -25,9 +25,22 @@ def make_datamodule(cfg: DictConfig, kinds: tuple[str, ...]) -> pl.LightningData
     try:
         if cfg.data.name == "hashtags":
             return HashtagDataModule(**args)
+        args["crop_pct"] = args["crop_pct"] or eval_crop_pct(cfg.model.name)
         return TransferDataModule(cfg.data.name, **args)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
+
+
+def eval_crop_pct(model_name: str) -> float:
+    """A timm name with a pretrained tag (`resnext101_32x8d.fb_wsl_ig1b_ft_in1k`) evaluates as its timm
+    config says; any other model with the paper's 0.875."""
+    import timm
+
+    from wsp.data.transforms import CROP_PCT
+
+    if "." in model_name:
+        return timm.models.get_pretrained_cfg(model_name).crop_pct
+    return CROP_PCT
 
 
 def load_pretrained(cfg: DictConfig, backbone) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import timm
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from wsp.config import ConfigError, require
@@ -14,7 +14,7 @@ from wsp.tasks.common import TRANSFER, make_datamodule
 
 @torch.no_grad()
 def run(cfg: DictConfig) -> dict:
-    from wsp.data.transforms import CROP_PCT, normalise
+    from wsp.data.transforms import normalise
     from wsp.models.backbones import check_model_name, load_weights, read_state_dict
     from wsp.models.losses import topk_hits
 
@@ -33,8 +33,6 @@ def run(cfg: DictConfig) -> dict:
         load_weights(model, weights)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    with open_dict(cfg):  # the model's own evaluation crop unless data.crop_pct says otherwise
-        cfg.data.crop_pct = cfg.data.crop_pct or model.pretrained_cfg.get("crop_pct") or CROP_PCT
     datamodule = make_datamodule(cfg, TRANSFER)
     if datamodule.num_classes != head.shape[0]:
         raise ConfigError(
@@ -57,6 +55,6 @@ def run(cfg: DictConfig) -> dict:
         "eval/top5": 100 * hits[5] / images_seen,
         "val_images": images_seen,
         "skipped_images": skipped,
-        "crop_pct": cfg.data.crop_pct,
+        "crop_pct": datamodule.eval_transform.crop_pct,
         "weights": weights,
     }
