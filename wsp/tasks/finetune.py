@@ -21,7 +21,7 @@ def run(cfg: DictConfig) -> dict:
     require_choice(cfg, "task.nonfinite_loss", ("stop", "skip"))
     require_positive(cfg, "task.epochs")
     datamodule = make_datamodule(cfg, TRANSFER)
-    train_size = len(datamodule.dataset("train", augment=False))
+    train_size = len(datamodule.splits.train)
     total_steps = steps_for(cfg.task.epochs * train_size, datamodule.batch_size, cfg)
     model = make_classifier(cfg, datamodule.num_classes, loss="softmax")
     load_pretrained(cfg, model.backbone)
