@@ -50,3 +50,10 @@ def test_slurm_trainer_sizes_the_submitit_job_from_the_trainer():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)
+
+
+@pytest.mark.parametrize("task", group_choices("task"))
+def test_every_task_composes_with_every_experiment(compose_config, task):
+    """The demo composes each stage's task with the user's experiment: their keys must not collide."""
+    for experiment in group_choices("experiment"):
+        assert compose_config(f"experiment={experiment}", f"task={task}").task.name == task

@@ -20,9 +20,9 @@ def run(cfg: DictConfig) -> dict:
     require_positive(
         cfg, "task.max_iter", "task.holdout_fraction", *[f"task.l2_grid.{i}" for i in range(len(t.l2_grid))]
     )
-    stages = list(t.stages)
+    stages = list(t.layers)
     for i in range(len(stages)):
-        require_choice(cfg, f"task.stages.{i}", tuple(STAGES))
+        require_choice(cfg, f"task.layers.{i}", tuple(STAGES))
     try:
         backbone = create_backbone(cfg.model.name, **cfg.model.kwargs)
     except ValueError as err:
