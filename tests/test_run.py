@@ -189,3 +189,26 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, corpus_
         .splitlines()[-1]
         .startswith(f"error: ckpt_path={truncated}: truncated or corrupt")
     )
+
+
+def test_a_sweep_aggregates_into_one_table(tmp_path):
+    """A real Hydra multirun (two jobs), then task=aggregate over its folder."""
+    import pandas as pd
+
+    sweep = tmp_path / "sweep"
+    swept = run("-m", "task=model_stats", "task.models=[wsp_resnext_tiny]", "task.image_size=64,128", "logger=csv",
+                f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    done = run(
+        "task=aggregate", f"task.sweep={sweep}", "task.format=parquet", f"hydra.run.dir={tmp_path / 'agg'}"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_parquet(sweep / "results.parquet").sort_values("config.task.image_size")
+    assert table["run"].tolist() == ["0", "1"] and table["config.task.image_size"].tolist() == [64, 128]
+    params, mult_adds = table["models.wsp_resnext_tiny.params"], table["models.wsp_resnext_tiny.mult_adds"]
+    assert params.nunique() == 1 and mult_adds.iloc[1] == pytest.approx(4 * mult_adds.iloc[0], rel=0.05)
+    refused = run("task=aggregate", f"task.sweep={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'agg2'}")
+    assert (
+        refused.stderr.strip().splitlines()[-1]
+        == f"error: task.sweep={tmp_path / 'empty'}: no results.json under it"
+    )

@@ -10,7 +10,18 @@ from omegaconf import DictConfig
 from wsp.utils.loggers import finishing_wandb
 from wsp.utils.results import write_results
 
-TASKS = ("demo", "synthetic", "corpus", "pretrain", "probe", "finetune", "evaluate", "dedup", "model_stats")
+TASKS = (
+    "demo",
+    "synthetic",
+    "corpus",
+    "pretrain",
+    "probe",
+    "finetune",
+    "evaluate",
+    "dedup",
+    "model_stats",
+    "aggregate",
+)
 
 
 def run_task(cfg: DictConfig) -> dict:
