@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from wsp.config import ConfigError
 from wsp.corpus.sampling import ImageWeights
 from wsp.corpus.shards import IMAGE_KEYS, REFERENCE_SUFFIX
-from wsp.data.transforms import CentreCrop, RandomCropFlip, normalise
+from wsp.data.transforms import CentreCrop, RandomCropFlip, StandardisedOnDevice
 
 Position = tuple[int, int, int]  # (groups read, pass, items of that pass read) of one stream
 
@@ -246,7 +246,7 @@ def collate(batch):
     return torch.stack(images), torch.stack(targets), torch.tensor(sum(skipped))
 
 
-class HashtagDataModule(pl.LightningDataModule):
+class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
     def __init__(self, path: str, batch_size: int, num_workers: int, image_size: int, resampling: str = "sqrt",
                  min_scale: float = 0.08, shuffle_buffer: int = 2000, seed: int = 0,
                  epoch_images: int | None = None):  # fmt: skip
@@ -314,10 +314,6 @@ class HashtagDataModule(pl.LightningDataModule):
             *batch, position = batch
             self.train_loader.consumed(position)
         return batch
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, *rest = batch
-        return normalise(images), *rest
 
     def val_dataloader(self) -> DataLoader:
         if not self.val_shards:

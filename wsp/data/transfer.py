@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from wsp.data import labelled
-from wsp.data.transforms import CentreCrop, RandomCropFlip, normalise
+from wsp.data.transforms import CentreCrop, RandomCropFlip, StandardisedOnDevice
 
 LAYOUTS = {
     "imagefolder": labelled.image_folder,
@@ -76,7 +76,7 @@ def collate(batch):
     )
 
 
-class TransferDataModule(pl.LightningDataModule):
+class TransferDataModule(StandardisedOnDevice, pl.LightningDataModule):
     def __init__(self, layout: str, root: str, batch_size: int, num_workers: int, image_size: int,
                  min_scale: float = 0.08, crop_pct: float = 0.875, max_unreadable: float = 0.01,
                  **layout_options):  # fmt: skip
@@ -117,7 +117,3 @@ class TransferDataModule(pl.LightningDataModule):
     def feature_loaders(self) -> dict[str, DataLoader]:
         """Un-augmented, unshuffled loaders of both splits, for feature extraction."""
         return {split: self._loader(split, augment=False, shuffle=False) for split in ("train", "val")}
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, *rest = batch
-        return normalise(images), *rest

@@ -88,6 +88,14 @@ def decode_box(image: Image.Image, box: Box, size: int) -> torch.Tensor:
     return nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0]
 
 
+class StandardisedOnDevice:
+    """DataModule mixin: batches travel as uint8 and are standardised once on their device."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, *rest = batch
+        return normalise(images), *rest
+
+
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 batch -> float, scaled to [0, 1] and standardised with ImageNet's mean and std."""
     mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=images.device).view(1, 3, 1, 1) * 255

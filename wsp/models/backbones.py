@@ -95,9 +95,13 @@ def read_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: torch.nn.Module, checkpoint: str | Path) -> None:
-    """Load strictly: a mismatch is an error naming the differing keys, never a partial load. A model
-    built without a classifier (a backbone) leaves a released classifier's head out of the file."""
-    state = read_state_dict(checkpoint)
+    """Load strictly: a mismatch is an error naming the differing keys, never a partial load."""
+    load_state(model, read_state_dict(checkpoint), checkpoint)
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], checkpoint: str | Path) -> None:
+    """`load_weights` for a state dict already read from `checkpoint`. A model built without a classifier
+    (a backbone) leaves a released classifier's head out of the file."""
     if getattr(model, "num_classes", None) == 0:
         head = f"{model.pretrained_cfg.get('classifier', 'fc')}."
         state = {k: v for k, v in state.items() if not k.startswith(head)}

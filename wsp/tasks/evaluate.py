@@ -15,13 +15,14 @@ from wsp.tasks.common import TRANSFER, make_datamodule
 @torch.no_grad()
 def run(cfg: DictConfig) -> dict:
     from wsp.data.transforms import normalise
-    from wsp.models.backbones import check_model_name, load_weights, read_state_dict
+    from wsp.models.backbones import check_model_name, load_state, read_state_dict
     from wsp.models.losses import topk_hits
 
     weights = require(cfg, "backbone.weights")
     try:
         check_model_name(cfg.model.name)
-        head = read_state_dict(weights).get("fc.weight")
+        state = read_state_dict(weights)  # read once: released classifiers are up to 3.3 GB
+        head = state.get("fc.weight")
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
     if head is None:
@@ -30,7 +31,7 @@ def run(cfg: DictConfig) -> dict:
         )
     model = timm.create_model(cfg.model.name, pretrained=False, num_classes=head.shape[0])
     try:
-        load_weights(model, weights)
+        load_state(model, state, weights)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     datamodule = make_datamodule(cfg, TRANSFER)
