@@ -281,6 +281,25 @@ def test_excluded_keys_are_dropped_and_counted(tmp_path, synthetic_dir, in1k):
     assert not {"0000000", "0000001"} & {s["json"]["source"] for s in read_shards(tmp_path)}
 
 
+def test_subsets_are_nested_random_and_keep_every_val_post(tmp_path, synthetic_dir, in1k):
+    inputs = synthetic_posts(synthetic_dir)
+
+    def keys(share: float, split: str) -> set[str]:
+        out = tmp_path / str(share)
+        stats = build(inputs, out, in1k, Columns(), BuildOptions(val_fraction=0.2, subset=share))
+        if share < 1:
+            assert stats["dropped"]["outside_subset"] > 0
+        return {s["json"]["source"] for s in read_shards(out, split, decode=True)}
+
+    train = {share: keys(share, "train") for share in (0.25, 0.5, 1.0)}
+    assert train[0.25] < train[0.5] < train[1.0]
+    for share in (0.25, 0.5):
+        assert abs(len(train[share]) / len(train[1.0]) - share) < 0.08
+    drawn, last = sorted(map(int, train[0.25])), max(map(int, train[1.0]))
+    assert drawn[0] < 0.1 * last and drawn[-1] > 0.9 * last  # drawn across the corpus, not a prefix
+    assert keys(0.25, "val") == keys(1.0, "val")
+
+
 def test_stages_run_as_separate_jobs_give_the_same_corpus(tmp_path, synthetic_dir, in1k):
     inputs = synthetic_posts(synthetic_dir)
     options = BuildOptions(shard_size=20)

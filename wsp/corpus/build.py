@@ -68,6 +68,7 @@ class BuildOptions:
     verify_images: str = "header"  # header (fast container check) | decode (full decode)
     exclude: tuple[str, ...] = ()  # post keys to drop (e.g. near-duplicates of evaluation images)
     train_images: str = "copy"  # copy | reference: train samples of img2dataset inputs stay in their tars
+    subset: float = 1.0  # share of the train posts kept (the paper's data-size study): nested across shares
 
     def fingerprint(self, inputs: list[Path], vocabulary: Vocabulary, columns: Columns) -> str:
         """Identifies a build: cached map results of another build (other options, columns, vocabulary,
@@ -128,6 +129,21 @@ def is_val(key: str, val_fraction: float) -> bool:
     return zlib.crc32(key.encode()) % 100_000 < val_fraction * 100_000
 
 
+def in_subset(key: str, share: float) -> bool:
+    """Whether a train post belongs to the random subset holding `share` of the posts. The draw is a hash
+    of the key alone, so the subset for a smaller share is contained in the one for any larger share, and
+    it is independent of the train/val split (a different hash)."""
+    if share >= 1.0:
+        return True
+    draw = int.from_bytes(hashlib.sha1(b"subset:" + key.encode()).digest()[:8], "big") / 2**64
+    return draw < share
+
+
+def outside_subset(key: str, options: BuildOptions) -> bool:
+    """A train post left out by `subset` (val posts are all kept: every subset is validated alike)."""
+    return not is_val(key, options.val_fraction) and not in_subset(key, options.subset)
+
+
 def shard_key(key: str) -> str:
     """The sample's key in the tar: the post key, or a hash of it when the key would not survive as a
     member name (WebDataset splits names at the first '.'; '/' makes folders; ustar names hold 100
@@ -181,7 +197,7 @@ def count_unit(unit: Path, vocabulary: Vocabulary, columns: Columns, options: Bu
         posts += 1
         if post.error is not None:
             drops.drop(post.error, post.key)
-        elif post.key not in excluded:
+        elif post.key not in excluded and not outside_subset(post.key, options):
             labels.update(vocabulary.labels_of(hashtags_of(post, options.max_hashtag_chars)))
     return {"posts": posts, "labels": {str(k): v for k, v in labels.items()}, "drops": drops.to_json()}
 
@@ -206,6 +222,9 @@ def write_unit(index: int, unit: Path, output: Path, full: Vocabulary, kept: Voc
             continue
         if post.key in excluded:
             drops.drop("excluded", post.key)
+            continue
+        if outside_subset(post.key, options):
+            drops.drop("outside_subset", post.key)
             continue
         hashtags = hashtags_of(post, options.max_hashtag_chars)
         labels = kept.labels_of(hashtags)

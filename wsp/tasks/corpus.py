@@ -27,6 +27,8 @@ def run(cfg: DictConfig) -> dict:
     for key in ("val_fraction", "label_noise", "max_error_rate"):
         if not isinstance(c[key], int | float) or not 0 <= c[key] <= 1:
             raise ConfigError(f"corpus.{key}={c[key]}: must be in [0, 1]")
+    if not isinstance(c.subset, int | float) or not 0 < c.subset <= 1:
+        raise ConfigError(f"corpus.subset={c.subset}: must be in (0, 1]")
     if not 0 <= c.part < c.num_parts:
         raise ConfigError(f"corpus.part={c.part}: must be in [0, corpus.num_parts={c.num_parts})")
     try:
@@ -40,7 +42,7 @@ def run(cfg: DictConfig) -> dict:
     options = BuildOptions(
         shard_size=c.shard_size, val_fraction=c.val_fraction, min_count=c.min_count, max_labels=c.max_labels,
         label_noise=c.label_noise, seed=c.seed, max_error_rate=c.max_error_rate, verify_images=c.verify_images,
-        exclude=exclude, train_images=c.train_images,
+        exclude=exclude, train_images=c.train_images, subset=c.subset,
     )  # fmt: skip
     builder = CorpusBuilder(inputs, Path(c.output), vocabulary, Columns(**c.columns), options, c.workers)
     try:
