@@ -12,6 +12,7 @@ from wsp.utils.results import write_results
 
 TASKS = (
     "demo",
+    "study",
     "synthetic",
     "corpus",
     "pretrain",

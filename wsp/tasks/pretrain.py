@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from wsp.config import check_training, require_choice, require_positive
+from wsp.config import ConfigError, check_training, require_choice, require_positive
 from wsp.tasks.common import global_batch, make_classifier, make_datamodule, make_trainer, steps_for
 from wsp.utils.loggers import build_loggers
 from wsp.utils.schedule import INTERPOLATIONS, paper_schedule_images
@@ -18,7 +18,16 @@ def schedule_images(cfg: DictConfig, corpus_images: int) -> int:
         require_positive(cfg, "task.images")
         return int(cfg.task.images)
     require_choice(cfg, "task.interpolation", INTERPOLATIONS)
-    return paper_schedule_images(corpus_images, cfg.task.interpolation)
+    extremes = OmegaConf.to_container(cfg.task.extremes)
+    if (
+        len(extremes) != 2
+        or not all(len(e) == 2 and min(e) > 0 for e in extremes)
+        or extremes[0][0] >= extremes[1][0]
+    ):
+        raise ConfigError(
+            f"task.extremes={extremes}: must be [[images, epochs], [more images, epochs]], all > 0"
+        )
+    return paper_schedule_images(corpus_images, cfg.task.interpolation, extremes)
 
 
 def run(cfg: DictConfig) -> dict:

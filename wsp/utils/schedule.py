@@ -15,10 +15,11 @@ INTERPOLATIONS = ("log", "linear")
 PAPER_EXTREMES = ((1.2e6, 120.0), (3.5e9, 2.0))
 
 
-def paper_schedule_images(corpus_images: int, interpolation: str = "log") -> int:
-    """Images to process when pretraining on `corpus_images`: epochs interpolated between the paper's
-    extremes, linearly in the corpus size N or in log N, and held at the extremes outside them."""
-    (n0, e0), (n1, e1) = PAPER_EXTREMES
+def paper_schedule_images(corpus_images: int, interpolation: str = "log", extremes=PAPER_EXTREMES) -> int:
+    """Images to process when pretraining on `corpus_images`: epochs interpolated between two extremes
+    ((images, epochs) pairs; the paper's by default), linearly in the corpus size N or in log N, and held
+    at the extremes outside them."""
+    (n0, e0), (n1, e1) = extremes
     if interpolation == "log":
         t = (math.log(corpus_images) - math.log(n0)) / (math.log(n1) - math.log(n0))
     elif interpolation == "linear":
