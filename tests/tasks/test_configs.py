@@ -4,7 +4,7 @@ import pytest
 
 from wsp.config import group_choices
 
-GROUPS = ["task", "synthetic", "corpus", "data", "model", "optim", "trainer", "logger", "experiment"]
+GROUPS = ["task", "synthetic", "corpus", "data", "model", "optim", "trainer", "logger", "scale", "experiment"]
 
 
 @pytest.mark.parametrize(("group", "choice"), [(g, c) for g in GROUPS for c in group_choices(g)])
@@ -57,3 +57,31 @@ def test_every_task_composes_with_every_experiment(compose_config, task):
     """The demo composes each stage's task with the user's experiment: their keys must not collide."""
     for experiment in group_choices("experiment"):
         assert compose_config(f"experiment={experiment}", f"task={task}").task.name == task
+
+
+STUDIES = [e for e in group_choices("experiment") if e != "demo_small"]
+
+
+@pytest.mark.parametrize("scale", group_choices("scale"))
+@pytest.mark.parametrize("study", STUDIES)
+def test_every_study_composes_at_every_scale_with_its_sweep(tmp_path, study, scale):
+    """Each study is a sweep (or, headline, one job) with transfer targets; at demo scale on the synthetic
+    corpus and CPU, at full scale on the target datasets named by study.roots."""
+    from hydra import compose, initialize_config_dir
+
+    from wsp.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={study}", f"scale={scale}", f"output_dir={tmp_path}"],
+                      return_hydra_config=True)  # fmt: skip
+    assert (cfg.task.name, cfg.study.name, cfg.study.scale) == ("study", study, scale)
+    assert cfg.hydra.runtime.choices.study == f"{study}/{scale}"
+    assert cfg.study.transfers, "a study transfers to at least one target"
+    assert cfg.hydra.sweeper.params, "a study is a sweep (the headline: of one job)"
+    roots = [t.root for t in cfg.study.transfers.values()]
+    if scale == "demo":
+        assert cfg.study.source == "synthetic" and cfg.trainer.accelerator == "cpu"
+        assert all(root.startswith(cfg.study.synthetic) for root in roots)
+    else:
+        assert cfg.study.source == "posts" and "trainer" in cfg.hydra.sweeper.params
+        assert all(root is None for root in roots), "full-scale targets come from study.roots"

@@ -10,6 +10,7 @@ Written layout (every later stage reads it by path):
     posts/posts-00000.jsonl ...   {"key", "image": "images/000000.jpg", "caption"}
     posts/images/*.jpg
     target/{train,val}/<wnid>/*.jpg   a clean labelled target task in the ImageNet folder layout
+    target_in1k/...                   with outside_in1k > 0: the target restricted to ImageNet-1k concepts
     concepts.json                     the concepts, their glyphs and posting frequencies
 """
 
@@ -81,24 +82,53 @@ class Concept:
     frequency: float  # share of posts that picture it
 
 
-def choose_concepts(vocabulary: Vocabulary, count: int, zipf_exponent: float, seed: int) -> list[Concept]:
-    """`count` ImageNet-1k synsets with several lemmas (so spellings merge), Zipfian frequencies."""
+def choose_concepts(vocabulary: Vocabulary, count: int, zipf_exponent: float, seed: int,
+                    outside_in1k: int = 0) -> list[Concept]:  # fmt: skip
+    """`count` synsets with several lemmas (so spellings merge), Zipfian frequencies: ImageNet-1k synsets
+    (`vocabulary` is the in1k one), and `outside_in1k` of them other ImageNet-22k synsets whose hashtags
+    the in1k vocabulary cannot label (the vocabulary study's concepts)."""
     if not 2 <= count <= len(SHAPES) * len(FILLS):
         raise ValueError(f"synthetic.concepts={count}: must be between 2 and {len(SHAPES) * len(FILLS)}")
+    if not 0 <= outside_in1k <= count - len(ANCHOR_WNIDS):
+        raise ValueError(f"synthetic.outside_in1k={outside_in1k}: must be in [0, synthetic.concepts - 2]")
     rng = np.random.default_rng(seed)
-    by_wnid = {label.wnid: label for label in vocabulary.labels}
-    multi_lemma = [w for w in imagenet1k_wnids() if len(by_wnid[w].lemmas) > 1 and w not in ANCHOR_WNIDS]
-    wnids = list(ANCHOR_WNIDS) + [
-        str(w) for w in rng.choice(multi_lemma, size=count - len(ANCHOR_WNIDS), replace=False)
-    ]
+    lemmas = {label.wnid: label.lemmas for label in vocabulary.labels}
+    multi_lemma = [w for w in imagenet1k_wnids() if len(lemmas[w]) > 1 and w not in ANCHOR_WNIDS]
+    inside = count - len(ANCHOR_WNIDS) - outside_in1k
+    wnids = list(ANCHOR_WNIDS) + [str(w) for w in rng.choice(multi_lemma, size=inside, replace=False)]
+    if outside_in1k:
+        others = _outside_in1k_synsets(set(vocabulary.hashtag_to_labels))
+        for i in sorted(rng.choice(len(others), size=outside_in1k, replace=False)):
+            wnids.append(others[i][0])
+            lemmas[others[i][0]] = others[i][1]
     glyphs = [(shape, fill) for fill in FILLS for shape in SHAPES][:count]
     ranks = rng.permutation(count)  # which concept is frequent is unrelated to its glyph
     mass = 1.0 / (ranks + 1.0) ** zipf_exponent
     mass /= mass.sum()
     return [
-        Concept(w, by_wnid[w].lemmas, shape, fill, float(m))
-        for w, (shape, fill), m in zip(wnids[:count], glyphs, mass, strict=True)
+        Concept(w, lemmas[w], shape, fill, float(m))
+        for w, (shape, fill), m in zip(wnids, glyphs, mass, strict=True)
     ]
+
+
+def _outside_in1k_synsets(in1k_hashtags: set[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """ImageNet-22k synsets outside ImageNet-1k with several lemmas, none of them an in1k hashtag."""
+    from timm.data import ImageNetInfo
+
+    from wsp.hashtags.parse import normalize_hashtags
+    from wsp.hashtags.wordnet import wnid_to_synset
+
+    in1k = set(imagenet1k_wnids())
+    found = []
+    for wnid in ImageNetInfo("imagenet-22k").label_names():
+        if wnid in in1k:
+            continue
+        names = tuple(wnid_to_synset(wnid).lemma_names())
+        if len(names) > 1 and not set(normalize_hashtags(names)) & in1k_hashtags:
+            found.append((wnid, names))
+        if len(found) == 400:  # plenty to draw from; reading all 21k synsets takes seconds
+            break
+    return found
 
 
 def _polygon(shape: str) -> np.ndarray:
@@ -233,10 +263,12 @@ def caption(pictured: list[Concept], everyone: list[Concept], rng: np.random.Gen
 
 def generate(output: str | Path, vocabulary: Vocabulary, *, concepts: int, posts: int, image_size: int,
              zipf_exponent: float, multi_concept_rate: float, wrong_tag_rate: float, missing_tag_rate: float,
-             target_train_per_class: int, target_val_per_class: int, posts_per_file: int, seed: int) -> dict:  # fmt: skip
-    """Write the synthetic posts and target task under `output`; return a summary."""
+             target_train_per_class: int, target_val_per_class: int, posts_per_file: int, seed: int,
+             outside_in1k: int = 0) -> dict:  # fmt: skip
+    """Write the synthetic posts and target task(s) under `output`; return a summary."""
     output = Path(output)
-    chosen = choose_concepts(vocabulary, concepts, zipf_exponent, seed)
+    chosen = choose_concepts(vocabulary, concepts, zipf_exponent, seed, outside_in1k)
+    in1k = set(imagenet1k_wnids())
     frequencies = np.array([c.frequency for c in chosen])
     image_dir = output / "posts" / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -257,11 +289,16 @@ def generate(output: str | Path, vocabulary: Vocabulary, *, concepts: int, posts
         files.append(path.name)
     for split, per_class, stream in (("train", target_train_per_class, 2), ("val", target_val_per_class, 3)):
         for ci, concept in enumerate(chosen):
-            folder = output / "target" / split / concept.wnid
-            folder.mkdir(parents=True, exist_ok=True)
+            targets = ["target", "target_in1k"] if outside_in1k and concept.wnid in in1k else ["target"]
+            for target in targets:
+                (output / target / split / concept.wnid).mkdir(parents=True, exist_ok=True)
             for j in range(per_class):
                 rng = np.random.default_rng([seed, stream, ci, j])
-                (folder / f"{concept.wnid}_{j:04d}.jpg").write_bytes(render([concept], image_size, rng))
+                image = render([concept], image_size, rng)
+                for target in targets:
+                    (output / target / split / concept.wnid / f"{concept.wnid}_{j:04d}.jpg").write_bytes(
+                        image
+                    )
     summary = {"concepts": [c.__dict__ for c in chosen], "posts": posts, "post_files": files}
     (output / "concepts.json").write_text(json.dumps(summary, indent=1))
     return summary

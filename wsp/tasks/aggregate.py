@@ -1,11 +1,16 @@
-"""task=aggregate: every results.json under a folder (a Hydra sweep, a demo run) as one table, a row
-per run: its metrics and its resolved config, both flattened to dotted keys, plus the run's folder."""
+"""task=aggregate: the runs under a folder (a Hydra sweep, a demo run) as one table, a row per run: its
+metrics and its resolved config, both flattened to dotted keys, plus the run's folder.
+
+A run is an outermost results.json: the stages of a study job (its sub-folders) are part of the job's
+row, and the inputs a sweep builds once for its jobs (study.cache, marked by built_from.json) are not
+runs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from wsp.config import ConfigError, require, require_choice
@@ -22,12 +27,25 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
-def run(cfg: DictConfig) -> dict:
+def run_results(folder: Path) -> list[Path]:
+    found = sorted(folder.rglob("results.json"))
+    runs = {f.parent for f in found}
+
+    def is_run(file: Path) -> bool:
+        above = file.parent.relative_to(folder).parents
+        return (
+            not any((folder / p) in runs or (folder / p / "built_from.json").exists() for p in above)
+            and not (file.parent / "built_from.json").exists()
+        )
+
+    return [f for f in found if is_run(f)]
+
+
+def aggregate(folder: Path, table_format: str = "csv") -> tuple[int, int, Path]:
+    """Write <folder>/results.<format>; return its rows, its columns and its path."""
     import pandas as pd
 
-    folder = Path(require(cfg, "task.sweep"))
-    require_choice(cfg, "task.format", ("csv", "parquet"))
-    files = sorted(folder.rglob("results.json"))
+    files = run_results(folder)
     if not files:
         raise ConfigError(f"task.sweep={folder}: no results.json under it")
     rows = []
@@ -38,9 +56,24 @@ def run(cfg: DictConfig) -> dict:
             {"run": str(file.parent.relative_to(folder)), **flatten(results), **flatten(config, "config.")}
         )
     table = pd.DataFrame(rows)
-    out = folder / f"results.{cfg.task.format}"
-    if cfg.task.format == "csv":
+    out = folder / f"results.{table_format}"
+    if table_format == "csv":
         table.to_csv(out, index=False)
     else:
         table.to_parquet(out, index=False)
-    return {"rows": len(rows), "columns": len(table.columns), "table": str(out)}
+    return len(table), len(table.columns), out
+
+
+def run(cfg: DictConfig) -> dict:
+    folder = Path(require(cfg, "task.sweep"))
+    require_choice(cfg, "task.format", ("csv", "parquet"))
+    rows, columns, out = aggregate(folder, cfg.task.format)
+    return {"rows": rows, "columns": columns, "table": str(out)}
+
+
+class AggregateWhenSweepEnds(Callback):
+    """A Hydra callback (the study experiments set it): when a multirun ends, its folder's results.csv."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        rows, _, out = aggregate(Path(config.hydra.sweep.dir))
+        print(f"[aggregate] {rows} runs -> {out}")

@@ -73,8 +73,9 @@ def _transfer(cfg: DictConfig, name: str) -> dict:
     key = f"study.transfers.{name}"
     require_choice(cfg, f"{key}.task", ("probe", "finetune"))
     require(cfg, f"{key}.data")
-    require(cfg, f"{key}.root")
     t = cfg.study.transfers[name]
+    if not t.root:
+        raise ConfigError(f"{key}.root is not set: the {name} target's folder (full scale: study.roots.<dataset>=<folder>)")
     init = t.get("init", "pretrained")
     if init not in INITS:
         raise ConfigError(f"{key}.init={init}: valid are {', '.join(INITS)}")

@@ -1,0 +1,61 @@
+"""What the study notebooks share: finding a sweep, its aggregated table, and the paper's numbers.
+
+The numbers below are the paper's as summarised in shared/PAPER.md; the notebooks draw them next to the
+measured ones. Only numbers the paper states are here: where it states a trend, the notebooks say so in
+words instead of inventing points.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from wsp.tasks.aggregate import aggregate
+
+# IN-1k top-1 after pretraining on IG-940M-1.5k and full fine-tuning, by ResNeXt-101 32xCd group width C.
+CAPACITY_IN1K_TOP1 = {8: 82.2, 16: 84.2, 32: 85.1, 48: 85.4}
+HEADLINE_IN1K = {"top1": 85.4, "top5": 97.6}  # 32x48d, IG-940M-1.5k, fine-tuned, single 224 crop
+# Label noise: transfer accuracy lost at p = 10% (under 1 point) and 25% (about 2 points).
+LABEL_NOISE_COST = {0.0: 0.0, 0.10: 1.0, 0.25: 2.0}
+RESAMPLING_GAIN_OVER_NATURAL = (5.0, 6.0)  # square-root or uniform, points of transfer accuracy
+WIDTHS = {"resnext101_32x4d": 4, "resnext101_32x8d": 8, "resnext101_32x16d": 16, "resnext101_32x32d": 32,
+          "resnext101_32x48d": 48}  # fmt: skip
+
+
+def sweep_folder(study: str, root: str | Path = "../multirun") -> Path:
+    """The sweep to read: $WSP_SWEEP, else the newest `multirun/<study>-<scale>/<time>` with results."""
+    if os.environ.get("WSP_SWEEP"):
+        return Path(os.environ["WSP_SWEEP"])
+    found = [p.parent for p in Path(root).glob(f"{study}-*/*/*/results.json")]
+    if not found:
+        raise FileNotFoundError(f"no {study} sweep under {root}: run `python run.py -m experiment={study}`")
+    return max(found, key=lambda p: p.stat().st_mtime).parent
+
+
+def study_table(folder: Path) -> pd.DataFrame:
+    """The sweep's table, a row per job (aggregated again, so a sweep still running shows its finished jobs)."""
+    _, _, path = aggregate(Path(folder))
+    return pd.read_csv(path)
+
+
+def transfers(table: pd.DataFrame) -> list[str]:
+    """The transfer targets of a study's table: the names of its `<target>/top1` columns."""
+    return [c.split("/")[0] for c in table.columns if c.endswith("/top1") and not c.startswith("pretrain")]
+
+
+def model_label(row: pd.Series) -> str:
+    """A model's name in plots: the config name, with a swept group width when there is one."""
+    width = row.get("config.model.kwargs.base_width")
+    name = row["config.model.name"].removeprefix("wsp_")
+    return f"{name} (width {int(width)})" if pd.notna(width) else name
+
+
+def save(fig, folder: Path, name: str) -> Path:
+    """Save a figure as <sweep>/figures/<name>.png."""
+    out = Path(folder) / "figures"
+    out.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=120)
+    return out / f"{name}.png"
