@@ -35,8 +35,11 @@ def jobs() -> dict[str, list[tuple[str, float, float, float]]]:
         "headline": [("32x48d", 940e6, finetune, 0)],
         "capacity": [(f"32x{w}d", 940e6, finetune, 0) for w in widths]
         + [(f"32x{w}d", 0, scratch, 0) for w in widths],
-        "data_size": [(f"32x{w}d", 3.5e9 * share, 0, IN1K + IN5K + IN9K)
-                      for w in ("4", "8", "16") for share in (0.001, 0.01, 0.1, 1.0)],  # fmt: skip
+        "data_size": [
+            (f"32x{w}d", 3.5e9 * share, 0, IN1K + IN5K + IN9K)
+            for w in ("4", "8", "16")
+            for share in (0.001, 0.01, 0.1, 1.0)
+        ],  # fmt: skip
         "vocabulary": [("32x16d", ABLATION_CORPUS, 0, IN1K + IN5K + IN9K)] * 3,
         "resampling": [("32x16d", ABLATION_CORPUS, 0, IN1K)] * 3,
         "label_noise": [("32x16d", ABLATION_CORPUS, 0, IN1K)] * 4,
@@ -45,7 +48,9 @@ def jobs() -> dict[str, list[tuple[str, float, float, float]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--macs-per-s", type=float, default=PAPER_MACS_PER_S, help="per GPU, training")
     args = parser.parse_args()
 

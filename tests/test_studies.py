@@ -18,16 +18,31 @@ TINY = ["scale=demo", "synthetic.posts=500", "synthetic.concepts=8", "synthetic.
 # Fewer points per sweep (command-line sweeps replace the study's own) and shorter fine-tuning.
 EXTENT = {
     "headline": ["study.transfers.target.values.task.epochs=2"],
-    "capacity": ["+model.kwargs.base_width=4,8", "study.transfers.target.values.task.epochs=1",
-                 "study.transfers.target.scratch_values.task.epochs=2"],  # fmt: skip
-    "data_size": ["corpus.subset=0.5,1.0", "model=resnext_tiny", "study.pretrain.task.images=paper",
-                  "study.pretrain.task.extremes=[[100,6],[1000,2]]"],  # fmt: skip
+    "capacity": [
+        "+model.kwargs.base_width=4,8",
+        "study.transfers.target.values.task.epochs=1",
+        "study.transfers.target.scratch_values.task.epochs=2",
+    ],  # fmt: skip
+    "data_size": [
+        "corpus.subset=0.5,1.0",
+        "model=resnext_tiny",
+        "study.pretrain.task.images=paper",
+        "study.pretrain.task.extremes=[[100,6],[1000,2]]",
+    ],  # fmt: skip
     "vocabulary": ["synthetic.outside_in1k=3", "corpus.max_labels=null,4"],
     "resampling": [],
     "label_noise": ["corpus.label_noise=0.0,0.5"],
     "loss": [],
 }
-JOBS = {"headline": 1, "capacity": 4, "data_size": 2, "vocabulary": 4, "resampling": 3, "label_noise": 2, "loss": 2}
+JOBS = {
+    "headline": 1,
+    "capacity": 4,
+    "data_size": 2,
+    "vocabulary": 4,
+    "resampling": 3,
+    "label_noise": 2,
+    "loss": 2,
+}
 NOTEBOOKS = {"corpus": "resampling", "scaling": "data_size", "capacity": "capacity", "label_noise": "label_noise",
              "vocabulary": "vocabulary"}  # fmt: skip
 
@@ -60,7 +75,11 @@ def test_every_demo_study_runs_each_job_end_to_end(sweeps, study):
     table = pd.read_csv(folder / "results.csv")  # written by the sweep's end-of-multirun callback
     assert sorted(table["run"].astype(str)) == [p.name for p in jobs(folder)]
     targets = [c for c in table.columns if c.endswith("/top1") and not c.startswith("pretrain")]
-    assert targets and table[targets].notna().all().all() and table[targets].apply(lambda c: c.between(0, 100)).all().all()
+    assert (
+        targets
+        and table[targets].notna().all().all()
+        and table[targets].apply(lambda c: c.between(0, 100)).all().all()
+    )
     for job in jobs(folder):
         results = json.loads((job / "results.json").read_text())
         assert results["task"] == "study" and results["wall_time_s"] > 0

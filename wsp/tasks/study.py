@@ -75,7 +75,9 @@ def _transfer(cfg: DictConfig, name: str) -> dict:
     require(cfg, f"{key}.data")
     t = cfg.study.transfers[name]
     if not t.root:
-        raise ConfigError(f"{key}.root is not set: the {name} target's folder (full scale: study.roots.<dataset>=<folder>)")
+        raise ConfigError(
+            f"{key}.root is not set: the {name} target's folder (full scale: study.roots.<dataset>=<folder>)"
+        )
     init = t.get("init", "pretrained")
     if init not in INITS:
         raise ConfigError(f"{key}.init={init}: valid are {', '.join(INITS)}")
