@@ -41,9 +41,8 @@ def run(cfg: DictConfig) -> dict:
     transfers = {name: _transfer(cfg, name) for name in s.transfers}
     out = Path(cfg.output_dir)
     results: dict = {}
-    with open_wandb_run(
-        cfg, name=f"{s.name or cfg.task.name}-{out.name}", tags=[s.name, s.scale]
-    ) as wandb_run:
+    run_name = f"{s.name or cfg.task.name}-{out.name}"
+    with open_wandb_run(cfg, name=run_name, tags=[s.name, s.scale]) as wandb_run:
         weights = None
         if s.pretraining == "hashtags":
             corpus = corpus_folder(cfg)
@@ -61,7 +60,7 @@ def run(cfg: DictConfig) -> dict:
             done = stage(cfg, name, transfer["task"], values, transfer["values"], transfer["overrides"])
             results.update({f"{name}/{key.split('/', 1)[1]}": value for key, value in done.items()
                             if key in (f"{transfer['task']}/top1", f"{transfer['task']}/top5")})  # fmt: skip
-            results[f"{name}/wall_time_s"] = done["wall_time_s"]
+            results[f"{name}/wall_time_s"] = done.get("wall_time_s")
         if wandb_run is not None:
             wandb_run.summary.update(results)
     return results
@@ -108,16 +107,22 @@ def job_overrides() -> list[str]:
 def stage(cfg: DictConfig, name: str, task: str, values: dict, stage_config: DictConfig | None = None,
           overrides: list[str] = ()) -> dict:  # fmt: skip
     """Run `task=<task>` into <output_dir>/<name>, or read back its results if it finished before."""
+    from pytorch_lightning.utilities import rank_zero_only
+
     out = Path(cfg.output_dir) / name
     finished = out / "results.json"
     if finished.is_file():
         print(f"[study] {name}: finished before, reading {finished}")
         return {k: v for k, v in json.loads(finished.read_text()).items() if k != "config"}
+    if task == "probe" and rank_zero_only.rank != 0:
+        return {}  # probes are not distributed: under DDP the first rank probes, the others go on
     values = {**values, "output_dir": str(out), "logger.prefix": name}
     if task == "pretrain" and (out / "checkpoints" / "last.ckpt").is_file():
         values["ckpt_path"] = "last"  # an interrupted job resumes where it stopped
-    run_task(compose_stage(task, [*job_overrides(), *overrides], values, stage_config))
-    return {k: v for k, v in json.loads(finished.read_text()).items() if k != "config"}
+    metrics = run_task(compose_stage(task, [*job_overrides(), *overrides], values, stage_config))
+    if finished.is_file():  # the first rank's record, with the stage's wall time
+        return {k: v for k, v in json.loads(finished.read_text()).items() if k != "config"}
+    return metrics
 
 
 def compose_stage(

@@ -54,8 +54,10 @@ def _wandb_run_args(cfg: DictConfig, name: str, tags: tuple[str, ...] = ()) -> d
 @contextlib.contextmanager
 def open_wandb_run(cfg: DictConfig, name: str, tags: list[str]):
     """A wandb run for a whole multi-stage job (task=study), with its full config; the stages log into
-    it (build_loggers). Without wandb (logger=csv) nothing is opened."""
-    if not cfg.logger.wandb:
+    it (build_loggers). Without wandb (logger=csv), and on every DDP rank but the first, nothing is opened."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if not cfg.logger.wandb or rank_zero_only.rank != 0:
         yield None
         return
     import wandb
