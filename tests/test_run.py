@@ -70,7 +70,8 @@ def test_demo_end_to_end_writes_results_plot_and_logs(demo_small):
         assert (out / stage / "results.json").is_file(), stage
     assert (out / "pretrain" / "backbone.safetensors").is_file()
     (wandb_run,) = out.glob("wandb/offline-run-*/run-*.wandb")  # one wandb run for the whole demo
-    assert b"pretrain-train/loss" in wandb_run.read_bytes() and b"scratch-train/loss" in wandb_run.read_bytes()
+    record = wandb_run.read_bytes()
+    assert b"pretrain-train/loss" in record and b"scratch-train/loss" in record
     assert "val/top1" in (out / "pretrain" / "csv" / "metrics.csv").read_text().splitlines()[0]
 
 
