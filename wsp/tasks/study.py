@@ -100,8 +100,8 @@ def job_overrides() -> list[str]:
     task, and `study.*` (a sweep of a pretraining-only setting goes through study.pretrain.<key>)."""
     if not HydraConfig.initialized():
         return []
-    own = ("task", "output_dir", "hydra", "study", "+study")
-    return [o for o in HydraConfig.get().overrides.task if not o.startswith(own)]
+    own = ("task", "output_dir", "hydra", "study")
+    return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(own)]
 
 
 def stage(cfg: DictConfig, name: str, task: str, values: dict, stage_config: DictConfig | None = None,
