@@ -149,15 +149,18 @@ def test_study_notebook_runs_headless_on_its_demo_sweep(sweeps, monkeypatch, not
 @pytest.mark.slow
 def test_a_study_run_again_in_its_folder_redoes_only_what_did_not_finish(sweeps):
     """A sweep relaunched into its folder (a preempted SLURM array, a crash): finished stages are read back,
-    the missing one runs, and each job continues its own wandb run."""
+    the missing one runs, and each job continues its own wandb run. Relaunched as submitit jobs (SLURM's
+    path, on the local executor: the jobs run at once)."""
     folder, done = sweeps("loss")
     assert done.returncode == 0, done.stderr[-3000:]
     before = pd.read_csv(folder / "results.csv").set_index("run")
     (folder / "1" / "target" / "results.json").unlink()
-    again = run("-m", "experiment=loss", *TINY, f"hydra.sweep.dir={folder}", timeout=600)
+    again = run("-m", "experiment=loss", *TINY, "hydra/launcher=submitit_local", f"hydra.sweep.dir={folder}",
+                timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("[study] pretrain: finished before") == 2
-    assert again.stdout.count("[study] target: finished before") == 1
+    logs = {job.name: (job / "run.log").read_text() for job in jobs(folder)}
+    assert all(log.count("pretrain: finished before") == 1 for log in logs.values())
+    assert logs["0"].count("target: finished before") == 1 and "target: finished before" not in logs["1"]
     after = pd.read_csv(folder / "results.csv").set_index("run")
     assert after.loc[0, "target/top1"] == before.loc[0, "target/top1"]
     assert after.loc[1, "target/top1"] == pytest.approx(before.loc[1, "target/top1"])  # the same features

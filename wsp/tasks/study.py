@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from wsp.config import ConfigError, require, require_choice
 from wsp.tasks import run_task
 from wsp.utils.loggers import open_wandb_run
 
+log = logging.getLogger(__name__)  # Hydra writes it to the console and to <job>/<job name>.log
 SOURCES = ("synthetic", "posts", "corpus")
 INITS = ("pretrained", "random")
 
@@ -112,7 +114,7 @@ def stage(cfg: DictConfig, name: str, task: str, values: dict, stage_config: Dic
     out = Path(cfg.output_dir) / name
     finished = out / "results.json"
     if finished.is_file():
-        print(f"[study] {name}: finished before, reading {finished}")
+        log.info(f"{name}: finished before, reading {finished}")
         return {k: v for k, v in json.loads(finished.read_text()).items() if k != "config"}
     if task == "probe" and rank_zero_only.rank != 0:
         return {}  # probes are not distributed: under DDP the first rank probes, the others go on
