@@ -16,7 +16,6 @@ from wsp.tasks.aggregate import aggregate
 
 # IN-1k top-1 after pretraining on IG-940M-1.5k and full fine-tuning, by ResNeXt-101 32xCd group width C.
 CAPACITY_IN1K_TOP1 = {8: 82.2, 16: 84.2, 32: 85.1, 48: 85.4}
-HEADLINE_IN1K = {"top1": 85.4, "top5": 97.6}  # 32x48d, IG-940M-1.5k, fine-tuned, single 224 crop
 # Label noise: transfer accuracy lost at p = 10% (under 1 point) and 25% (about 2 points).
 LABEL_NOISE_COST = {0.0: 0.0, 0.10: 1.0, 0.25: 2.0}
 RESAMPLING_GAIN_OVER_NATURAL = (5.0, 6.0)  # square-root or uniform, points of transfer accuracy
@@ -45,11 +44,17 @@ def transfers(table: pd.DataFrame) -> list[str]:
     return [c.split("/")[0] for c in table.columns if c.endswith("/top1") and not c.startswith("pretrain")]
 
 
+def group_width(row: pd.Series) -> int | None:
+    """A job's ResNeXt group width: the swept `model.kwargs.base_width`, else the paper model's C."""
+    swept = row.get("config.model.kwargs.base_width")
+    return int(swept) if pd.notna(swept) else WIDTHS.get(row["config.model.name"])
+
+
 def model_label(row: pd.Series) -> str:
     """A model's name in plots: the config name, with a swept group width when there is one."""
-    width = row.get("config.model.kwargs.base_width")
     name = row["config.model.name"].removeprefix("wsp_")
-    return f"{name} (width {int(width)})" if pd.notna(width) else name
+    swept = pd.notna(row.get("config.model.kwargs.base_width"))
+    return f"{name} (width {group_width(row)})" if swept else name
 
 
 def save(fig, folder: Path, name: str) -> Path:

@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> dict:
             results.update(corpus_summary(corpus))
             pretrained = stage(cfg, "pretrain", "pretrain", {"data.path": str(corpus)}, s.pretrain)
             weights = pretrained["backbone"]
-            results.update(_prefixed("pretrain", pretrained, "val/top1", "val/top5", "steps", "images_processed",
+            results.update(_prefixed("pretrain", pretrained, "val/top1", "val/top5", "steps",
                                      "train/images_per_s", "wall_time_s"))  # fmt: skip
             results["images_processed"] = pretrained["images_processed"]
         for name, transfer in transfers.items():
@@ -115,16 +115,19 @@ def stage(cfg: DictConfig, name: str, task: str, values: dict, stage_config: Dic
     finished = out / "results.json"
     if finished.is_file():
         log.info(f"{name}: finished before, reading {finished}")
-        return {k: v for k, v in json.loads(finished.read_text()).items() if k != "config"}
+        return _recorded(finished)
     if task == "probe" and rank_zero_only.rank != 0:
         return {}  # probes are not distributed: under DDP the first rank probes, the others go on
     values = {**values, "output_dir": str(out), "logger.prefix": name}
     if task == "pretrain" and (out / "checkpoints" / "last.ckpt").is_file():
         values["ckpt_path"] = "last"  # an interrupted job resumes where it stopped
     metrics = run_task(compose_stage(task, [*job_overrides(), *overrides], values, stage_config))
-    if finished.is_file():  # the first rank's record, with the stage's wall time
-        return {k: v for k, v in json.loads(finished.read_text()).items() if k != "config"}
-    return metrics
+    return _recorded(finished) if finished.is_file() else metrics  # the first rank's record has the wall time
+
+
+def _recorded(results_file: Path) -> dict:
+    """A stage's results.json without its config."""
+    return {k: v for k, v in json.loads(results_file.read_text()).items() if k != "config"}
 
 
 def compose_stage(
