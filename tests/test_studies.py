@@ -17,7 +17,7 @@ TINY = ["scale=demo", "synthetic.posts=500", "synthetic.concepts=8", "synthetic.
         "study.pretrain.task.images=960"]  # fmt: skip
 # Fewer points per sweep (command-line sweeps replace the study's own) and shorter fine-tuning.
 EXTENT = {
-    "headline": ["study.transfers.target.values.task.epochs=2"],
+    "headline": ["study.transfers.target.values.task.epochs=2", "seed=0,1"],  # a seeds axis
     "capacity": [
         "+model.kwargs.base_width=8",
         "study.transfers.target.values.task.epochs=1",
@@ -35,7 +35,7 @@ EXTENT = {
     "loss": [],
 }
 JOBS = {
-    "headline": 1,
+    "headline": 2,
     "capacity": 2,
     "data_size": 2,
     "vocabulary": 2,
@@ -101,7 +101,7 @@ def test_data_size_subsets_nest_and_train_for_the_paper_rule(sweeps):
     sizes = table["corpus/train_images"].tolist()
     assert sizes[0] < sizes[1] and abs(sizes[0] / sizes[1] - 0.5) < 0.15
     for _, job in table.iterrows():
-        scheduled = paper_schedule_images(job["corpus/train_images"], "log", [[100, 6], [1000, 2]])
+        scheduled = paper_schedule_images(job["corpus/train_images"], "linear", [[100, 6], [1000, 2]])
         assert scheduled <= job["images_processed"] < scheduled + 16  # whole batches of 16
 
     def train_keys(corpus):
@@ -116,6 +116,18 @@ def _keys(tar: Path) -> set[str]:
 
     with tarfile.open(tar) as members:
         return {m.name.split(".")[0] for m in members}
+
+
+@pytest.mark.slow
+def test_a_seeds_axis_builds_each_input_once_and_changes_only_training(sweeps):
+    """The training seed leaves the synthetic world and the corpus (their own seeds) alone."""
+    folder, done = sweeps("headline")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(folder / "results.csv")
+    assert sorted(table["config.seed"]) == [0, 1] and table["corpus/path"].nunique() == 1
+    assert len(list((folder / "shared").glob("corpus-*"))) == 1
+    assert len(list((folder / "shared").glob("synthetic*"))) == 1
+    assert table["pretrain/val/top1"].nunique() == 2 or table["target/top1"].nunique() == 2
 
 
 @pytest.mark.slow

@@ -57,6 +57,16 @@ def model_label(row: pd.Series) -> str:
     return f"{name} (width {group_width(row)})" if swept else name
 
 
+def curve_labels(table: pd.DataFrame) -> pd.Series:
+    """A label per job naming its curve: the model, and the corpus vocabulary when the sweep has several
+    (the data-size study's 17k and 1.5k curves)."""
+    labels = table.apply(model_label, axis=1)
+    vocabulary = table.get("config.corpus.vocabulary")
+    if vocabulary is not None and vocabulary.nunique() > 1:
+        labels = labels + ", " + vocabulary + " vocabulary"
+    return labels
+
+
 def save(fig, folder: Path, name: str) -> Path:
     """Save a figure as <sweep>/figures/<name>.png."""
     out = Path(folder) / "figures"

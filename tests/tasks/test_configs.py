@@ -1,8 +1,9 @@
 """Every config file composes through Hydra, as `python run.py` would compose it."""
 
 import pytest
+from omegaconf import OmegaConf
 
-from wsp.config import group_choices
+from wsp.config import CONF_DIR, group_choices
 
 GROUPS = ["task", "synthetic", "corpus", "data", "model", "optim", "trainer", "logger", "scale", "experiment"]
 
@@ -25,6 +26,17 @@ def test_transfer_tasks_default_to_a_labelled_dataset_and_user_choice_wins(compo
     assert compose_config("task=finetune").optim.schedule == "cosine"
     assert compose_config("task=pretrain").data.name == "hashtags"
     assert compose_config("task=probe", "data=hashtags").data.name == "hashtags"
+
+
+def test_paper_fidelity_defaults(compose_config):
+    corpus = compose_config("task=corpus", "corpus=wordnet17k", "seed=5")
+    assert corpus.corpus.max_labels == 17000 and compose_config("corpus=top8.5k").corpus.max_labels == 8500
+    assert (corpus.corpus.seed, corpus.synthetic.seed, corpus.data.seed) == (0, 0, 5), (
+        "only training follows seed"
+    )
+    pretrain = compose_config("task=pretrain")
+    assert pretrain.optim.decay_norm_and_bias is False and pretrain.task.interpolation == "linear"
+    assert compose_config("task=finetune").optim.decay_norm_and_bias is False
 
 
 def test_image_size_travels_with_the_model(compose_config):
@@ -85,3 +97,27 @@ def test_every_study_composes_at_every_scale_with_its_sweep(tmp_path, study, sca
     else:
         assert cfg.study.source == "posts" and "trainer" in cfg.hydra.sweeper.params
         assert all(root is None for root in roots), "full-scale targets come from study.roots"
+
+
+def test_capacity_imagenet_only_arm_trains_with_the_pretraining_recipe_at_imagenet_size(tmp_path):
+    """The paper's ImageNet-only baselines: the schedule rule at N = 1.28M, warm-up and 20 halvings, 3,072
+    images per step at peak lr 1.2 (on the README's 8 nodes x 8 GPUs)."""
+    from hydra import compose, initialize_config_dir
+
+    from wsp.tasks.study import _transfer
+    from wsp.utils.schedule import paper_schedule_images, peak_lr
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=capacity", "study.pretraining=none",
+                      "study.roots.imagenet=/data/imagenet", f"output_dir={tmp_path}"])  # fmt: skip
+    scratch = _transfer(cfg, "in1k")["values"]
+    sgd = compose_optim("sgd")
+    assert scratch.task.epochs == round(paper_schedule_images(1_281_167) / 1_281_167)
+    global_batch = scratch.data.batch_size * 8 * 8 * scratch.trainer.accumulate_grad_batches
+    assert global_batch == 3072 and peak_lr(scratch.optim.base_lr, global_batch) == pytest.approx(1.2)
+    optim = OmegaConf.merge(compose_optim("finetune"), scratch.optim)
+    assert optim == sgd, "the from-scratch arm's optimiser is the pretraining recipe"
+
+
+def compose_optim(choice: str):
+    return OmegaConf.load(CONF_DIR / "optim" / f"{choice}.yaml")

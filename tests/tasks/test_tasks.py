@@ -4,9 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from wsp.config import ConfigError
 from wsp.tasks import run_task
+from wsp.tasks.common import make_classifier
 
 FAST = ["logger=csv", "data.num_workers=0", "data.batch_size=8", "model.image_size=32"]
 
@@ -77,6 +79,11 @@ def test_pretrain_then_probe_and_finetune_from_its_outputs(compose_config, corpu
     assert pretrained["steps"] == 4 and "val/top1" in pretrained
     checkpoint = Path(pre.output_dir) / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
+    # weight decay spares BatchNorm and biases (Goyal et al.), as the saved optimizer's groups show
+    groups = torch.load(checkpoint, weights_only=True)["optimizer_states"][0]["param_groups"]
+    one_d = sum(p.ndim <= 1 for p in make_classifier(pre, pretrained["classes"], "softmax").parameters())
+    assert sorted((g["weight_decay"], len(g["params"])) for g in groups)[0] == (0.0, one_d)
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, pre.optim.weight_decay] and one_d > 0
     target = ["data=cub", f"data.root={cub_root}", "data.crop_to_box=true"]
     for weights in (pretrained["backbone"], checkpoint):
         probe = compose_config(
@@ -117,6 +124,16 @@ def test_bad_config_values_fail_at_start_naming_the_key(compose_config, override
         message = "trainer.devices=auto"
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         run_task(compose_config(*overrides))
+
+
+def test_schedule_ends_that_would_train_a_larger_corpus_for_less_are_refused(compose_config, corpus_dir):
+    cfg = compose_config(
+        "task=pretrain", f"data.path={corpus_dir}", "task.extremes=[[100,60],[1000,2]]", *FAST
+    )
+    with pytest.raises(
+        ConfigError, match=r"task.extremes=\[\[100, 60\], \[1000, 2\]\]: .* never trains for less"
+    ):
+        run_task(cfg)
 
 
 def test_a_diverging_run_stops_naming_the_step_or_skips_and_counts(compose_config, corpus_dir):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from wsp.models.backbones import create_backbone
@@ -82,13 +83,12 @@ class Classifier(pl.LightningModule):
     def configure_optimizers(self):
         o = self.hparams.optim
         peak = peak_lr(o["base_lr"], self.global_batch_size())
-        decay, no_decay = [], []
-        for param in self.parameters():
-            (no_decay if param.ndim <= 1 and not o["decay_norm_and_bias"] else decay).append(param)
-        optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=peak, momentum=o["momentum"], nesterov=o["nesterov"],
-        )  # fmt: skip
+        # Goyal et al.'s recipe, which the paper follows, decays weights only: BatchNorm and biases are
+        # exempt unless optim.decay_norm_and_bias
+        groups = param_groups_weight_decay(
+            self, o["weight_decay"], weight_decay_exclude_1d=not o["decay_norm_and_bias"]
+        )
+        optimizer = torch.optim.SGD(groups, lr=peak, momentum=o["momentum"], nesterov=o["nesterov"])
         total = self.trainer.max_steps
         warmup = round(o["warmup_fraction"] * total)
         start = min(1.0, o["base_lr"] / peak)  # warm up from base_lr, as in Goyal et al.

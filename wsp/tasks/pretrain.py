@@ -23,9 +23,11 @@ def schedule_images(cfg: DictConfig, corpus_images: int) -> int:
         len(extremes) != 2
         or not all(len(e) == 2 and min(e) > 0 for e in extremes)
         or extremes[0][0] >= extremes[1][0]
+        or extremes[0][0] * extremes[0][1] > extremes[1][0] * extremes[1][1]
     ):
         raise ConfigError(
-            f"task.extremes={extremes}: must be [[images, epochs], [more images, epochs]], all > 0"
+            f"task.extremes={extremes}: must be [[images, epochs], [more images, epochs]], all > 0, with "
+            "no fewer images processed at the larger end (a larger corpus never trains for less)"
         )
     return paper_schedule_images(corpus_images, cfg.task.interpolation, extremes)
 
