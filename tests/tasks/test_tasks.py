@@ -78,7 +78,7 @@ def test_pretrain_then_probe_and_finetune_from_its_outputs(compose_config, corpu
     pretrained = run_task(pre)
     assert pretrained["steps"] == 4 and "val/top1" in pretrained
     checkpoint = Path(pre.output_dir) / "checkpoints" / "last.ckpt"
-    assert checkpoint.is_file()
+    assert [p.name for p in checkpoint.parent.iterdir()] == ["last.ckpt"]  # one file, written once a save
     # weight decay spares BatchNorm and biases (Goyal et al.), as the saved optimizer's groups show
     groups = torch.load(checkpoint, weights_only=True)["optimizer_states"][0]["param_groups"]
     one_d = sum(p.ndim <= 1 for p in make_classifier(pre, pretrained["classes"], "softmax").parameters())

@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from wsp.config import ConfigError
-from wsp.utils.checkpoints import AtomicCheckpointIO
+from wsp.utils.checkpoints import AtomicCheckpointIO, LastCheckpoint
 
 
 def test_checkpoints_replace_the_old_file_whole_or_not_at_all(tmp_path):
@@ -29,3 +32,40 @@ def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path):
         io.load_checkpoint(path)
     with pytest.raises(ConfigError, match="no such checkpoint file"):
         io.load_checkpoint(tmp_path / "missing.ckpt")
+
+
+class RecordingIO(AtomicCheckpointIO):
+    """Records the file name of every checkpoint write."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        super().save_checkpoint(checkpoint, path, storage_options)
+        self.writes.append(Path(path).name)
+
+
+class TinyRegression(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(("every", "steps", "writes"), [(2, 5, 3), (2, 4, 2), (None, 5, 2)])
+def test_each_save_writes_last_ckpt_once_and_training_ends_saved(tmp_path, every, steps, writes):
+    """Every `every` steps (else each epoch: 3 batches here) and at the end, one write of last.ckpt."""
+    data = torch.utils.data.TensorDataset(torch.randn(12, 4), torch.randn(12, 1))
+    io = RecordingIO()
+    trainer = pl.Trainer(max_steps=steps, callbacks=[LastCheckpoint(tmp_path, every_n_train_steps=every)], plugins=[io],
+                         logger=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(TinyRegression(), torch.utils.data.DataLoader(data, batch_size=4))
+    assert io.writes == ["last.ckpt"] * writes and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert io.load_checkpoint(tmp_path / "last.ckpt")["global_step"] == steps

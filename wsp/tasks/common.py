@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from wsp.config import ConfigError, require, require_choice
 from wsp.data.hashtags import HashtagDataModule
 from wsp.data.transfer import LAYOUTS, TransferDataModule
-from wsp.utils.checkpoints import AtomicCheckpointIO
+from wsp.utils.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from wsp.utils.throughput import Throughput
 
 TRANSFER = tuple(LAYOUTS)  # the labelled datasets probe and finetune read
@@ -91,9 +90,7 @@ def make_trainer(
 ) -> pl.Trainer:
     """Checkpoints go to <output_dir>/checkpoints (`last.ckpt` every `checkpoint_every` steps, else at
     epoch ends), written atomically; `ckpt_path=last` resumes from there."""
-    checkpoints = ModelCheckpoint(
-        dirpath=Path(cfg.output_dir) / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True
-    )
+    checkpoints = LastCheckpoint(Path(cfg.output_dir) / "checkpoints", every_n_train_steps=checkpoint_every)
     return pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_steps=max_steps,

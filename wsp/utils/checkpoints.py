@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from wsp.config import ConfigError
 
@@ -35,3 +36,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"ckpt_path={path}: truncated or corrupt checkpoint ({reason}); remove it to resume from an "
                 "earlier one"
             ) from None
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """One checkpoint file, `last.ckpt`, written once per save (every `every_n_train_steps`, else at epoch
+    ends) and at the end of training; `ckpt_path=last` finds it. Lightning's `save_last=True` writes each
+    save twice (a top-k file, then last.ckpt): 2 x 10 GB for the 32x48d with its momentum."""
+
+    def __init__(self, dirpath, every_n_train_steps: int | None = None):
+        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, every_n_train_steps=every_n_train_steps,
+                         enable_version_counter=False)  # fmt: skip
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._last_global_step_saved != trainer.global_step:  # the final steps since the last save
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
