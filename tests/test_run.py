@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,12 +148,41 @@ def test_pretrain_with_ddp_on_two_cpu_processes(tmp_path, corpus_for_runs):
 
 
 @pytest.mark.slow
-def test_pretrain_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, corpus_for_runs):
-    """SIGKILL after the first checkpoint, resume with ckpt_path=last: same samples, same final weights."""
+def test_a_ddp_run_killed_resumes_on_one_process_and_finishes_its_schedule(tmp_path, corpus_for_runs):
+    """SIGKILL a 2-rank run after its first checkpoint; resume it on 1 rank x 1 worker in the same folder:
+    the streams go on where they stopped, and the run ends at its schedule's images."""
+    args = ["task=pretrain", f"data.path={corpus_for_runs}", "task.images=960", "task.checkpoint_every=4",
+            "data.batch_size=16", "data.num_workers=1", "model.image_size=32", "logger=csv", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    killed_at = kill_after_first_checkpoint(
+        [*args, "trainer=ddp_cpu"], tmp_path / "checkpoints" / "last.ckpt"
+    )
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["images_processed"] == killed_at * 32 < 960
+    resumed = run(*args, "trainer=cpu", "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["images_processed"] == results["images_scheduled"] == 960
+    assert results["steps"] == killed_at + (960 - killed_at * 32) // 16
+
+
+def kill_after_first_checkpoint(args: list[str], checkpoint: Path) -> int:
+    """Start run.py with `args`, SIGKILL it once `checkpoint` exists; the checkpoint's step."""
     import signal
     import time
 
-    import torch
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    while not checkpoint.exists() and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "the run ended before its first checkpoint"
+    return torch.load(checkpoint, weights_only=True)["global_step"]
+
+
+@pytest.mark.slow
+def test_pretrain_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, corpus_for_runs):
+    """SIGKILL after the first checkpoint, resume with ckpt_path=last: same samples, same final weights."""
     from safetensors.torch import load_file
 
     args = ["task=pretrain", f"data.path={corpus_for_runs}", "task.images=960", "task.checkpoint_every=5",
@@ -161,14 +191,8 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, corpus_
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run(*args, f"hydra.run.dir={whole}").returncode == 0
     last = killed / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={killed}"], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    while not last.exists() and process.poll() is None:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    step = kill_after_first_checkpoint([*args, f"hydra.run.dir={killed}"], last)
     assert not (killed / "results.json").exists(), "the run finished before it could be killed"
-    step = torch.load(last, weights_only=True)["global_step"]
     epoch_steps = json.loads((whole / "results.json").read_text())["steps"] // 3 + 1  # ~2.7 epochs in all
     assert 0 < step < 120 and step % epoch_steps, step  # killed mid-epoch
 

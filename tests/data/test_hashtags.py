@@ -9,14 +9,14 @@ from wsp.data.hashtags import HashtagDataModule
 
 
 def datamodule(path, **kw):
-    args = dict(batch_size=8, num_workers=0, image_size=32, resampling="sqrt", shuffle_buffer=50, seed=0)
+    args = dict(batch_size=8, num_workers=0, image_size=32, resampling="sqrt", seed=0)
     return HashtagDataModule(str(path), **{**args, **kw})
 
 
 def test_batches_carry_images_and_normalised_targets(corpus_dir):
     dm = datamodule(corpus_dir)
     images, targets, skipped, position = next(iter(dm.train_dataloader()))
-    assert position.tolist() == [0, 1, 0, 8]  # stream 0 after one group: pass 0, 8 items read
+    assert position.tolist() == [0, 0, 0, 0, 8, 0]  # slot 0's stream 0 goes on at pass 0, block 0, item 8
     assert images.shape == (8, 3, 32, 32) and targets.shape == (8, dm.num_classes)
     assert torch.allclose(targets.sum(1), torch.ones(8))
     assert int(skipped) == 0
@@ -58,7 +58,9 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, corpus_dir):
 
 def test_too_few_shards_for_workers_fails_at_start(corpus_dir):
     dm = datamodule(corpus_dir, num_workers=64)
-    with pytest.raises(ValueError, match="train shards cannot feed 1 ranks x 64 workers"):
+    with pytest.raises(
+        ValueError, match=r"data.streams=64 \(unset: 1 ranks x 64 workers\): more than .* 8 train shards"
+    ):
         dm.train_dataloader()
 
 
@@ -132,11 +134,23 @@ def test_resume_from_state_continues_the_exact_stream(corpus_dir, consumed):
     assert torch.equal(torch.stack(head + tail), torch.stack(reference))
 
 
-def test_resume_with_other_worker_count_is_refused(corpus_dir):
+def test_resume_with_other_settings_or_corpus_is_refused(corpus_dir, tmp_path):
     loader = datamodule(corpus_dir, num_workers=2).train_dataloader()
     train(loader, batches=1)
-    with pytest.raises(ConfigError, match="1 ranks x 2 streams .* not 1 x 1"):
-        datamodule(corpus_dir, num_workers=0).train_dataloader().load_state_dict(loader.state_dict())
+    state = loader.state_dict()
+    with pytest.raises(ConfigError, match=r"another data.resampling \(sqrt, not uniform\)"):
+        datamodule(corpus_dir, resampling="uniform").train_dataloader().load_state_dict(state)
+    with pytest.raises(ConfigError, match="data.streams=3: the checkpoint's run has 2 streams"):
+        datamodule(corpus_dir, streams=3).train_dataloader().load_state_dict(state)
+    other = tmp_path / "other"
+    shutil.copytree(corpus_dir, other)
+    sizes = json.loads((other / "sizes.json").read_text())
+    sizes.pop(sorted(s for s in sizes if s.startswith("train-"))[-1])
+    (other / "sizes.json").write_text(json.dumps(sizes))
+    with pytest.raises(
+        ConfigError, match="ckpt_path: the checkpoint's data stream was made with another corpus"
+    ):
+        datamodule(other).train_dataloader().load_state_dict(state)
 
 
 def test_img2dataset_inputs_train_from_their_own_tars(tmp_path, synthetic_dir, in1k, compose_config):
@@ -178,3 +192,78 @@ def test_img2dataset_inputs_train_from_their_own_tars(tmp_path, synthetic_dir, i
     assert run_task(cfg)["steps"] == 2
     with pytest.raises(CorpusError, match="corpus.train_images=reference: .* is a posts table"):
         build([jsonl], tmp_path / "refused", in1k, Columns(), BuildOptions(train_images="reference"))
+
+
+def test_copies_of_one_image_are_spread_over_their_block(corpus_dir):
+    """Uniform resampling repeats tail images many times; their copies lie about len/copies apart."""
+    from collections import defaultdict
+
+    loader = datamodule(corpus_dir, resampling="uniform").train_dataloader()
+    streams = loader.streams
+    order = streams.block(0, 0, 0, streams.plan(0, 0)[0])
+    places = defaultdict(list)
+    for index, sample in enumerate(order):
+        places[sample["__key__"]].append(index)
+    repeated = {key: p for key, p in places.items() if len(p) >= 2}
+    assert repeated, "uniform resampling repeats the rarest labels' images"
+    for where in repeated.values():
+        gaps = [b - a for a, b in zip(where, where[1:], strict=False)]
+        assert min(gaps) >= len(order) / len(where) / 3, (len(order), where)
+
+
+def test_a_resume_reads_one_block_per_stream_whatever_the_offset(corpus_dir, monkeypatch):
+    import wsp.data.hashtags as hashtags
+
+    opened = []
+    real = hashtags.shard_samples
+    monkeypatch.setattr(hashtags, "shard_samples", lambda url: (opened.append(url), real(url))[1])
+    loader = datamodule(corpus_dir, num_workers=0, batch_size=4, block_shards=1).train_dataloader()
+    late = {"positions": {0: [3, len(loader.streams.plan(0, 3)) - 1, 5]}, "next_stream": [[0]],
+            "batches_consumed": 0, "streams": 1, "layout": [1, 1], "identity": loader.identity}  # fmt: skip
+    loader.load_state_dict(late)
+    next(iter(loader))
+    assert len(opened) == 1  # the block it stopped in, not the 3 passes and blocks before it
+
+
+@pytest.mark.parametrize("workers", [0, 2])  # one slot playing both streams; a worker process per stream
+def test_a_resume_on_another_layout_trains_on_the_same_items_over_a_pass(corpus_dir, workers):
+    """2 ranks x 1 worker, interrupted; resumed on 1 rank x 1 or 2 workers: over a pass the multiset of
+    (image crop) items equals an uninterrupted run's. Crops are seeded by the item's place in its stream,
+    so equal crops mean equal items."""
+    from collections import Counter
+
+    from wsp.data.hashtags import merged_state
+
+    def make(rank, ranks, workers):  # a rank of a `ranks`-rank job, built in this process
+        return datamodule(corpus_dir, num_workers=workers, batch_size=1, image_size=16).stream_loader(
+            rank, ranks
+        )
+
+    def first_pass(loaders, stop_after=None):
+        """Items of pass 0, consumed step by step (one batch per rank), until every stream is past it."""
+        seen, where, iterators, steps = Counter(), {}, [iter(loader) for loader in loaders], 0
+        while not all(where.get(v, (0,))[0] >= 1 for v in range(loaders[0].num_streams)):
+            if steps == stop_after:
+                return seen, where
+            for loader, batches in zip(loaders, iterators, strict=True):
+                try:
+                    images, _, _, position = next(batches)
+                except StopIteration:  # a virtual epoch ended
+                    batches = iterators[loaders.index(loader)] = iter(loader)
+                    images, _, _, position = next(batches)
+                stream = position[1].item()
+                if where.get(stream, (0,))[0] == 0:  # the item's place: where its stream was before it
+                    seen[images.numpy().tobytes()] += 1
+                loader.consumed(position)
+                where[stream] = tuple(position[2:5].tolist())
+            steps += 1
+        return seen, where
+
+    uninterrupted, _ = first_pass([make(0, 2, 0), make(1, 2, 0)])
+    ranks = [make(0, 2, 0), make(1, 2, 0)]
+    head, _ = first_pass(ranks, stop_after=7)
+    state = merged_state([r.local_state() for r in ranks], 2, ranks[0].layout, ranks[0].identity)
+    resumed = make(0, 1, workers)
+    resumed.load_state_dict(state)
+    tail, _ = first_pass([resumed])
+    assert head + tail == uninterrupted and sum(uninterrupted.values()) > 50

@@ -7,7 +7,7 @@ def test_paper_schedule_warmup_peak_and_twenty_halvings():
     peak = peak_lr(0.1, 8064)
     assert peak == pytest.approx(3.15)
     total, warmup = 10_000, 500
-    lr = [peak * lr_multiplier(s, total_steps=total, warmup_steps=warmup, warmup_start=0.1 / peak, schedule="step")
+    lr = [peak * lr_multiplier(s, total=total, warmup=warmup, warmup_start=0.1 / peak, schedule="step")
           for s in range(total)]  # fmt: skip
     assert lr[0] == pytest.approx(0.1)
     assert max(lr) == pytest.approx(3.15)
@@ -19,7 +19,7 @@ def test_paper_schedule_warmup_peak_and_twenty_halvings():
 
 
 def test_cosine_ends_at_zero_and_constant_stays():
-    kw = dict(total_steps=100, warmup_steps=0, warmup_start=1.0)
+    kw = dict(total=100, warmup=0, warmup_start=1.0)
     assert lr_multiplier(100, schedule="cosine", **kw) == pytest.approx(0.0)
     assert lr_multiplier(50, schedule="cosine", **kw) == pytest.approx(0.5)
     assert lr_multiplier(99, schedule="constant", **kw) == 1.0

@@ -1,28 +1,39 @@
 """The hashtag corpus as a LightningDataModule: WebDataset shards written by `task=corpus`.
 
-Training data is a set of deterministic streams, open_clip style: the train shards are split by rank,
-then among `max(1, num_workers)` streams per rank. Stream s of rank r reads its shards in passes; pass p
-reorders the shards, repeats each sample a random number of times with expectation N * w_i (its
-resampling weight, see wsp.corpus.sampling) and shuffles within a buffer, all seeded by
-(seed, rank, s, p). Batches are groups of `batch_size` consecutive stream items; a "virtual epoch" is a
-fixed number of groups per stream. Items whose image cannot be decoded are dropped from their batch
-and counted: each batch carries the number skipped.
+Training reads a fixed number V of virtual streams (`data.streams`), each a deterministic function of
+(seed, stream) whatever the job's layout of ranks and workers:
+- Train shard i belongs to stream i % V. A stream reads its shards in passes; pass p is a seeded plan:
+  the stream's shards in a shuffled order, cut into blocks of `data.block_shards` shards.
+- A block is read whole. Each sample is repeated floor(r) or ceil(r) times, r = N * w_i (its resampling
+  weight, wsp.corpus.sampling), and the block's items are ordered by the key (k + u) / copies for copy k
+  of a sample (u uniform per sample): the copies of one image lie evenly spread over the block, never
+  back to back, and everything else is shuffled.
+- A stream's position is (pass, block, item). Resuming reads one block per stream, whatever the offset.
+- A sample's crop and flip are seeded by (seed, stream, pass, block, item): by its place in its stream.
 
-Exact resume: a sample's crop and flip are seeded by its position (pass, index) in its stream, so a
-position fully determines what follows. Every batch carries its stream's position after it; the
-`StreamLoader` keeps the positions of the batches training consumed (the DataModule reports each batch
-as it goes to the model: Lightning fetches one batch ahead), Lightning saves them in each checkpoint
-(`state_dict`), and a resumed run restarts every stream there, reading (not decoding) the items before
-it, and in the same stream order. The resumed run trains on exactly the samples, crops and
-order the uninterrupted run would have.
+The layout: a job has S = ranks x max(1, num_workers) slots, slot g = worker * ranks + rank, and stream v
+is played by slot v % S (a slot with several streams plays them a block at a time in turn). A batch is
+`batch_size` consecutive items of one stream. Loader workers persist across virtual epochs: each serves a
+fixed share of every epoch's batches, round-robin, and keeps its streams open, so neither an epoch
+boundary nor validation restarts or rewinds them.
+
+Resume. Every batch carries where it left its stream; the StreamLoader keeps the positions of the batches
+training consumed (Lightning fetches one batch ahead), and checkpoints save them. On the same layout a
+resumed run trains on exactly the samples, crops and order of an uninterrupted one. On another layout
+every stream goes on where it stopped, so over a pass the multiset of items trained on is the
+uninterrupted run's; only the interleaving of streams differs. Nothing is replayed or lost: batches
+fetched but not consumed when a checkpoint is taken are read again after a resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +48,8 @@ from wsp.corpus.sampling import ImageWeights
 from wsp.corpus.shards import IMAGE_KEYS, REFERENCE_SUFFIX
 from wsp.data.transforms import CentreCrop, RandomCropFlip, StandardisedOnDevice
 
-Position = tuple[int, int, int]  # (groups read, pass, items of that pass read) of one stream
+Position = tuple[int, int, int]  # (pass, block, item) of a stream: where it goes on
+START: Position = (0, 0, 0)
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -77,77 +89,94 @@ def shard_samples(url: str):
             yield {**sample, "json": json.dumps({"labels": labels[key]}).encode()}
 
 
-def resample(samples, weights: ImageWeights, n_images: int, rng: random.Random):
-    """Emit each sample floor(r) or ceil(r) times, r = w_i * n_images, so a pass keeps its expected size.
-    A sample whose labels cannot be read passes once; the decoder drops and counts it."""
-    for sample in samples:
-        try:
-            repeats = weights(json.loads(sample["json"])["labels"]) * n_images
-        except Exception:  # missing or corrupt json
-            repeats = 1.0
-        for _ in range(int(repeats) + (rng.random() < repeats % 1)):
-            yield sample
+def copies_of(sample: dict, weights: ImageWeights, n_images: int, rng: random.Random) -> int:
+    """floor(r) or ceil(r) copies, r = w_i * n_images, so a pass keeps its expected size. A sample whose
+    labels cannot be read passes once; the decoder drops and counts it."""
+    try:
+        repeats = weights(json.loads(sample["json"])["labels"]) * n_images
+    except Exception:  # missing or corrupt json
+        repeats = 1.0
+    return int(repeats) + (rng.random() < repeats % 1)
 
 
-def shuffle(samples, size: int, rng: random.Random):
-    """Shuffle within a buffer of `size` samples (streams are too large to shuffle whole)."""
-    buffer = []
-    for sample in samples:
-        buffer.append(sample)
-        if len(buffer) >= size:
-            i = rng.randrange(len(buffer))
-            buffer[i], buffer[-1] = buffer[-1], buffer[i]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
+@dataclass
+class Streams:
+    """The virtual streams of a corpus: what every layout shares."""
 
+    shards: list[list[str]]  # each stream's shards
+    weights: ImageWeights
+    n_images: int  # the corpus's train size N
+    block_shards: int
+    seed: int
 
-class HashtagStream(IterableDataset):
-    """One rank's training streams; DataLoader worker w plays stream (w + rotation) % num_streams."""
-
-    def __init__(self, shards: list[list[str]], weights: ImageWeights, n_images: int, batch_size: int,
-                 groups_per_epoch: int, transform: RandomCropFlip, num_classes: int, shuffle_buffer: int,
-                 seed: int, rank: int):  # fmt: skip
-        self.shards, self.weights, self.n_images = shards, weights, n_images
-        self.batch_size, self.groups_per_epoch, self.transform = batch_size, groups_per_epoch, transform
-        self.num_classes, self.shuffle_buffer, self.seed, self.rank = num_classes, shuffle_buffer, seed, rank
-        # Set by the StreamLoader before each epoch, from the batches training consumed:
-        self.start: dict[int, Position] = {}
-        self.epoch_end, self.rotation = groups_per_epoch, 0
-
-    @property
-    def num_streams(self) -> int:
-        return len(self.shards)
-
-    def _pass(self, stream: int, pass_: int):
-        key = (self.seed, self.rank, stream, pass_)
+    def plan(self, stream: int, pass_: int) -> list[list[str]]:
+        """Pass `pass_` of `stream`: its shards in a seeded order, in blocks of `block_shards`."""
         urls = list(self.shards[stream])
-        seeded_rng(*key, "shards").shuffle(urls)
-        samples = (sample for url in urls for sample in shard_samples(url))
-        samples = resample(samples, self.weights, self.n_images, seeded_rng(*key, "resample"))
-        return shuffle(samples, self.shuffle_buffer, seeded_rng(*key, "shuffle"))
+        seeded_rng(self.seed, stream, pass_, "plan").shuffle(urls)
+        return [urls[i : i + self.block_shards] for i in range(0, len(urls), self.block_shards)]
 
-    def _items(self, stream: int, pass_: int, offset: int) -> Iterator[tuple[int, int, dict]]:
-        """(pass, index, sample) from `offset` of `pass_` on, through the following passes forever."""
+    def block(self, stream: int, pass_: int, block: int, urls: list[str]) -> list[dict]:
+        """The items of one block: its samples with their copies, copies of one sample spread evenly."""
+        samples = [sample for url in urls for sample in shard_samples(url)]
+        rng = seeded_rng(self.seed, stream, pass_, block, "repeats")
+        keys = []
+        for index, sample in enumerate(samples):
+            copies, spread = copies_of(sample, self.weights, self.n_images, rng), rng.random()
+            keys.extend(((copy + spread) / copies, index) for copy in range(copies))
+        keys.sort()
+        return [samples[index] for _, index in keys]
+
+    def items(self, stream: int, position: Position) -> Iterator[tuple[Position, dict, Position]]:
+        """(position, sample, position after it) from `position` on, pass after pass."""
+        pass_, first_block, first_item = position
         while True:
-            index = -1
-            for index, sample in enumerate(self._pass(stream, pass_)):
-                if index >= offset:
-                    yield pass_, index, sample
-            if index < 0:
+            plan, emitted = self.plan(stream, pass_), False
+            for block in range(first_block, len(plan)):
+                order = self.block(stream, pass_, block, plan[block])
+                for item in range(first_item, len(order)):
+                    if item + 1 < len(order):
+                        after = (pass_, block, item + 1)
+                    else:  # the next block's start: a resume there reads no finished block again
+                        after = (pass_, block + 1, 0) if block + 1 < len(plan) else (pass_ + 1, 0, 0)
+                    emitted = True
+                    yield (pass_, block, item), order[item], after
+                first_item = 0
+            if not emitted and position[1:] == (0, 0):
                 raise ValueError(f"no readable samples in shards {self.shards[stream]}")
-            pass_, offset = pass_ + 1, 0
+            pass_, first_block, position = pass_ + 1, 0, (pass_ + 1, 0, 0)
+
+
+class SlotBatches(IterableDataset):
+    """One rank's training batches. DataLoader worker w plays local slot (w + rotation) % workers and
+    serves batches k = w, w + workers, ... of each iteration's `batches` (the DataLoader's round-robin).
+    A worker keeps its streams open between iterations: a persistent worker goes on where it stopped."""
+
+    def __init__(self, streams: Streams, slots: list[list[int]], batch_size: int, transform: RandomCropFlip,
+                 num_classes: int, positions: dict[int, Position], next_stream: list[int], rotation: int,
+                 batches: int):  # fmt: skip
+        self.streams, self.slots, self.batch_size, self.transform = streams, slots, batch_size, transform
+        self.num_classes, self.positions, self.next_stream = num_classes, positions, next_stream
+        self.rotation, self.batches = rotation, batches
+        self._running: Iterator | None = None  # this worker's batches, made on its first iteration
 
     def __iter__(self):
-        worker = get_worker_info()
-        stream = ((worker.id if worker else 0) + self.rotation) % self.num_streams
-        group, pass_, offset = self.start.get(stream, (0, 0, 0))
-        items = self._items(stream, pass_, offset)
-        while group < self.epoch_end:
-            images, targets, skipped = [], [], 0
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self._running is None:
+            self._running = self._batches((worker + self.rotation) % workers)
+        yield from islice(self._running, len(range(worker, self.batches, workers)))
+
+    def _batches(self, local_slot: int):
+        streams = self.slots[local_slot]
+        items = {v: self.streams.items(v, self.positions.get(v, START)) for v in streams}
+        turn = self.next_stream[local_slot]
+        while True:
+            stream = streams[turn]
+            images, targets, skipped, switch = [], [], 0, False
             for _ in range(self.batch_size):
-                pass_, index, sample = next(items)
-                rng = seeded_rng(self.seed, self.rank, stream, pass_, index, "augment")
+                (pass_, block, item), sample, after = next(items[stream])
+                switch = switch or after[2] == 0  # a block ended: the slot's next stream takes its turn
+                rng = seeded_rng(self.streams.seed, stream, pass_, block, item, "augment")
                 try:
                     image, target = decode(sample, self.transform, rng, self.num_classes)
                 except Exception:  # corrupt bytes, missing image member, bad json: skip and count
@@ -155,71 +184,139 @@ class HashtagStream(IterableDataset):
                     continue
                 images.append(image)
                 targets.append(target)
-            group += 1
             if not images:  # an empty batch would stall DDP and poison BatchNorm statistics
                 raise ValueError(
-                    f"none of the {self.batch_size} samples of a batch from shards {self.shards[stream]} could "
-                    "be decoded; rebuild the corpus with corpus.verify_images=decode"
+                    f"none of the {self.batch_size} samples of a batch from shards {self.streams.shards[stream]} "
+                    "could be decoded; rebuild the corpus with corpus.verify_images=decode"
                 )
-            position = torch.tensor([stream, group, pass_, index + 1])
+            if switch:
+                turn = (turn + 1) % len(streams)
+            position = torch.tensor([local_slot, stream, *after, turn])
             yield torch.stack(images), torch.stack(targets), torch.tensor(skipped), position
 
 
-class StreamLoader(DataLoader):
-    """A DataLoader over a HashtagStream that remembers where the consumed batches left every stream.
-    Its batches are (images, targets, skipped, position); `consumed(position)` records one.
+@dataclass(frozen=True)
+class Layout:
+    """Ranks x slots per rank; slot g = worker * ranks + rank plays streams v with v % slots == g."""
 
-    Workers are started afresh each epoch with those positions (not persistent): batches a worker
-    prefetched but training never consumed are read again, never lost. Lightning saves `state_dict()`
-    in checkpoints and calls `load_state_dict` on resume.
-    """
+    ranks: int
+    workers: int  # slots per rank: max(1, data.num_workers)
 
-    def __init__(self, stream: HashtagStream, num_workers: int):
-        super().__init__(stream, batch_size=None, num_workers=num_workers)
+    @property
+    def slots(self) -> int:
+        return self.ranks * self.workers
+
+    def local_slots(self, rank: int, num_streams: int) -> list[list[int]]:
+        """This rank's slots that play a stream, and their streams."""
+        slots = [list(range(w * self.ranks + rank, num_streams, self.slots)) for w in range(self.workers)]
+        return [streams for streams in slots if streams]
+
+
+class StreamLoader:
+    """One rank's training batches (images, targets, skipped, position), a virtual epoch per iteration.
+    `consumed(position)` records a batch training took; `state_dict` is every stream's position, saved in
+    checkpoints by Lightning, and `load_state_dict` restores it, on this layout or another one."""
+
+    def __init__(self, shards: list[str], weights: ImageWeights, n_images: int, *, num_streams: int | None,
+                 block_shards: int, seed: int, rank: int, layout: Layout, num_workers: int, batch_size: int,
+                 batches_per_epoch: int, transform: RandomCropFlip, num_classes: int, identity: dict):  # fmt: skip
+        self.shards, self.weights, self.n_images = shards, weights, n_images
+        self.block_shards, self.seed, self.rank, self.layout = block_shards, seed, rank, layout
+        self.num_workers, self.batch_size, self.batches_per_epoch = num_workers, batch_size, batches_per_epoch
+        self.transform, self.num_classes, self.identity = transform, num_classes, identity
+        self.configured_streams = num_streams
+        self._deal(num_streams or layout.slots)
         self.positions: dict[int, Position] = {}
-        self.last_stream: int | None = None
+        self.next_stream = [0] * len(self.slots)
+        self.batches_consumed = 0  # on this rank, since the start of training
+        self._persistent: DataLoader | None = None
+
+    def _deal(self, num_streams: int) -> None:
+        if num_streams > len(self.shards):
+            unset = self.configured_streams is None
+            origin = f" (unset: {self.layout.ranks} ranks x {self.layout.workers} workers)" if unset else ""
+            raise ValueError(f"data.streams={num_streams}{origin}: more than the corpus's {len(self.shards)} train "
+                             "shards; rebuild with a smaller corpus.shard_size, or use fewer streams")  # fmt: skip
+        if num_streams < self.layout.ranks:
+            raise ValueError(f"data.streams={num_streams} cannot feed {self.layout.ranks} ranks: every rank "
+                             "needs a stream")  # fmt: skip
+        self.num_streams = num_streams
+        self.streams = Streams([self.shards[v::num_streams] for v in range(num_streams)], self.weights,
+                               self.n_images, self.block_shards, self.seed)  # fmt: skip
+        self.slots = self.layout.local_slots(self.rank, num_streams)
+
+    def _loader(self, rotation: int, batches: int, persistent: bool) -> DataLoader:
+        dataset = SlotBatches(self.streams, self.slots, self.batch_size, self.transform, self.num_classes,
+                              dict(self.positions), list(self.next_stream), rotation, batches)  # fmt: skip
+        workers = len(self.slots) if self.num_workers else 0
+        return DataLoader(
+            dataset, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0
+        )
 
     def __iter__(self):
-        stream: HashtagStream = self.dataset
-        epoch_groups = stream.groups_per_epoch
-        first = min(self.positions.get(s, (0,))[0] for s in range(stream.num_streams))
-        stream.epoch_end = (first // epoch_groups + 1) * epoch_groups
-        stream.start = dict(self.positions)
-        mid_epoch = any(self.positions.get(s, (0,))[0] % epoch_groups for s in range(stream.num_streams))
-        # Workers take batches in turn from worker 0; mid-epoch, the turn goes on where it stopped.
-        stream.rotation = (self.last_stream + 1) % stream.num_streams if mid_epoch else 0
-        yield from super().__iter__()
+        done = self.batches_consumed % self.batches_per_epoch
+        if done:  # the rest of an interrupted epoch, its turn going on where it stopped: fresh workers
+            self._persistent = None
+            yield from self._loader(done % len(self.slots), self.batches_per_epoch - done, persistent=False)
+            return
+        if self._persistent is None:
+            self._persistent = self._loader(0, self.batches_per_epoch, persistent=True)
+        finished = False
+        try:
+            yield from self._persistent
+            finished = True
+        finally:
+            if not finished:  # abandoned mid-epoch: its workers ran ahead of what training consumed
+                self._persistent = None
 
     def consumed(self, position: torch.Tensor) -> None:
         """Training took the batch that left its stream at `position` (the batch's last element)."""
-        index, *after = position.tolist()
-        self.positions[index], self.last_stream = tuple(after), index
+        local_slot, stream, pass_, block, item, turn = position.tolist()
+        self.positions[stream] = (pass_, block, item)
+        self.next_stream[local_slot] = turn
+        self.batches_consumed += 1
+
+    def local_state(self) -> dict:
+        return {"positions": {v: list(p) for v, p in self.positions.items()}, "next_stream": self.next_stream,
+                "batches_consumed": self.batches_consumed}  # fmt: skip
 
     def state_dict(self) -> dict:
-        rank, world = _rank_and_world()
-        local = {
-            "positions": {s: list(p) for s, p in self.positions.items()},
-            "last_stream": self.last_stream,
-        }
+        _, world = _rank_and_world()
         ranks = [None] * world
         if world > 1:  # Lightning calls this on every rank; rank 0 writes the checkpoint
-            torch.distributed.all_gather_object(ranks, local)
+            torch.distributed.all_gather_object(ranks, self.local_state())
         else:
-            ranks = [local]
-        return {"streams_per_rank": self.dataset.num_streams, "ranks": ranks}
+            ranks = [self.local_state()]
+        return merged_state(ranks, self.num_streams, self.layout, self.identity)
 
     def load_state_dict(self, state: dict) -> None:
-        rank, world = _rank_and_world()
-        now = (world, self.dataset.num_streams)
-        saved = (len(state["ranks"]), state["streams_per_rank"])
-        if now != saved:
-            raise ConfigError(
-                f"ckpt_path: the checkpoint's data streams came from {saved[0]} ranks x {saved[1]} streams "
-                f"(max(1, data.num_workers)); resuming them exactly needs the same, not {now[0]} x {now[1]}"
-            )
-        mine = state["ranks"][rank]
-        self.positions = {int(s): tuple(p) for s, p in mine["positions"].items()}
-        self.last_stream = mine["last_stream"]
+        for key, value in self.identity.items():
+            if state["identity"].get(key) != value:
+                raise ConfigError(
+                    f"ckpt_path: the checkpoint's data stream was made with another {key} "
+                    f"({state['identity'].get(key)}, not {value}); resume with the settings it was trained with"
+                )
+        saved = state["streams"]
+        if self.configured_streams not in (None, saved):
+            raise ConfigError(f"data.streams={self.configured_streams}: the checkpoint's run has {saved} streams; "
+                              "leave data.streams unset (or set it to that) to resume it")  # fmt: skip
+        self._deal(saved)
+        self.positions = {int(v): tuple(p) for v, p in state["positions"].items()}
+        if tuple(state["layout"]) == (self.layout.ranks, self.layout.workers):
+            self.next_stream = list(state["next_stream"][self.rank])  # the same turns: the exact order
+        self.batches_consumed = state["batches_consumed"]
+
+
+def merged_state(ranks: list[dict], num_streams: int, layout: Layout, identity: dict) -> dict:
+    """The job's stream state from each rank's: every stream's position, and the per-rank turns."""
+    return {
+        "streams": num_streams,
+        "layout": [layout.ranks, layout.workers],
+        "identity": identity,
+        "positions": {v: p for rank in ranks for v, p in rank["positions"].items()},
+        "next_stream": [rank["next_stream"] for rank in ranks],
+        "batches_consumed": ranks[0]["batches_consumed"],
+    }
 
 
 class DecodeAndSkip(wds.PipelineStage):
@@ -248,18 +345,14 @@ def collate(batch):
 
 class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
     def __init__(self, path: str, batch_size: int, num_workers: int, image_size: int, resampling: str = "sqrt",
-                 min_scale: float = 0.08, shuffle_buffer: int = 2000, seed: int = 0,
+                 min_scale: float = 0.08, streams: int | None = None, block_shards: int = 2, seed: int = 0,
                  epoch_images: int | None = None):  # fmt: skip
         super().__init__()
         self.epoch_images = epoch_images
         self.path = Path(path)
         self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
-        self.resampling, self.min_scale, self.shuffle_buffer, self.seed = (
-            resampling,
-            min_scale,
-            shuffle_buffer,
-            seed,
-        )
+        self.resampling, self.min_scale, self.seed = resampling, min_scale, seed
+        self.streams, self.block_shards = streams, block_shards
         for name in ("sizes.json", "vocab.json"):
             if not (self.path / name).is_file():
                 raise FileNotFoundError(
@@ -292,22 +385,26 @@ class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
         return [str(self.path / s) for s in shards]
 
     def train_dataloader(self) -> StreamLoader:
-        rank, world = _rank_and_world()
-        streams = max(1, self.num_workers)
-        if len(self.train_shards) < world * streams:
-            raise ValueError(
-                f"data.path={self.path}: {len(self.train_shards)} train shards cannot feed {world} ranks x "
-                f"{streams} workers; lower data.num_workers or rebuild with a smaller corpus.shard_size"
-            )
-        mine = self._urls(self.train_shards)[rank::world]
-        stream = HashtagStream(
-            [mine[s::streams] for s in range(streams)], self.weights, self.num_samples("train"), self.batch_size,
-            groups_per_epoch=max(1, self.images_per_epoch // (self.batch_size * world * streams)),
-            transform=RandomCropFlip(self.image_size, self.min_scale), num_classes=self.num_classes,
-            shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank,
-        )  # fmt: skip
-        self.train_loader = StreamLoader(stream, self.num_workers)
+        self.train_loader = self.stream_loader(*_rank_and_world())
         return self.train_loader
+
+    def stream_loader(self, rank: int, world: int) -> StreamLoader:
+        """The training batches of `rank` of a `world`-rank job."""
+        return StreamLoader(
+            self._urls(self.train_shards), self.weights, self.num_samples("train"), num_streams=self.streams,
+            block_shards=self.block_shards, seed=self.seed, rank=rank, layout=Layout(world, max(1, self.num_workers)),
+            num_workers=self.num_workers, batch_size=self.batch_size,
+            batches_per_epoch=max(1, self.images_per_epoch // (self.batch_size * world)),
+            transform=RandomCropFlip(self.image_size, self.min_scale), num_classes=self.num_classes,
+            identity=self.stream_identity(),
+        )  # fmt: skip
+
+    def stream_identity(self) -> dict:
+        """What a checkpoint's stream positions are only valid with: the corpus's train shards and sizes,
+        and the settings that order and repeat their samples."""
+        shards = json.dumps({name: self.sizes[name] for name in self.train_shards}, sort_keys=True)
+        return {"corpus": hashlib.sha1(shards.encode()).hexdigest()[:16], "data.seed": self.seed,
+                "data.resampling": self.resampling, "data.block_shards": self.block_shards}  # fmt: skip
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.training:

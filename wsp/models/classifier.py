@@ -21,7 +21,9 @@ class Classifier(pl.LightningModule):
     def __init__(self, model_name: str, num_classes: int, optim: dict, loss: str = "softmax",
                  model_kwargs: dict | None = None, channels_last: bool = True,
                  nonfinite_loss: str = "stop", compile: bool = False,
-                 grad_checkpointing: bool = False):  # fmt: skip
+                 grad_checkpointing: bool = False, schedule_images: int | None = None):  # fmt: skip
+        """`schedule_images`: the length of training that the lr schedule spans, in images (default: the
+        trainer's max_steps x the global batch)."""
         super().__init__()
         self.save_hyperparameters()
         self.backbone = create_backbone(model_name, **(model_kwargs or {}))
@@ -35,6 +37,9 @@ class Classifier(pl.LightningModule):
         if channels_last:  # faster convolutions on CPU and on tensor cores
             self.to(memory_format=torch.channels_last)
         self.skipped_samples = self.skipped_steps = 0
+        # Images processed since the start of training, over every layout a run was resumed on: the lr
+        # schedule's clock, so a run resumed on more or fewer devices goes on where it stopped.
+        self.images_processed = 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -47,6 +52,7 @@ class Classifier(pl.LightningModule):
         return images, as_distribution(targets, self.hparams.num_classes), skipped
 
     def training_step(self, batch, batch_idx):
+        self.images_processed += self.trainer.datamodule.batch_size * self.trainer.world_size
         images, target, skipped = self._split_batch(batch)
         loss = classification_loss(self.hparams.loss, self(images), target)
         self.skipped_samples += skipped
@@ -89,16 +95,22 @@ class Classifier(pl.LightningModule):
             self, o["weight_decay"], weight_decay_exclude_1d=not o["decay_norm_and_bias"]
         )
         optimizer = torch.optim.SGD(groups, lr=peak, momentum=o["momentum"], nesterov=o["nesterov"])
-        total = self.trainer.max_steps
+        total = self.hparams.schedule_images or self.trainer.max_steps * self.global_batch_size()
         warmup = round(o["warmup_fraction"] * total)
         start = min(1.0, o["base_lr"] / peak)  # warm up from base_lr, as in Goyal et al.
 
-        def multiplier(step: int) -> float:
-            return lr_multiplier(step, total_steps=total, warmup_steps=warmup, warmup_start=start,
+        def multiplier(_step: int) -> float:  # by images processed, whatever the batch was when
+            return lr_multiplier(self.images_processed, total=total, warmup=warmup, warmup_start=start,
                                  schedule=o["schedule"], halvings=o["halvings"])  # fmt: skip
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["images_processed"] = self.images_processed
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.images_processed = checkpoint["images_processed"]
 
     def global_batch_size(self) -> int:
         datamodule = self.trainer.datamodule

@@ -53,13 +53,13 @@ def load_pretrained(cfg: DictConfig, backbone) -> None:
             raise ConfigError(str(err)) from None
 
 
-def make_classifier(cfg: DictConfig, num_classes: int, loss: str):
+def make_classifier(cfg: DictConfig, num_classes: int, loss: str, schedule_images: int | None = None):
     from wsp.models.classifier import Classifier
 
     m = cfg.model
     return Classifier(m.name, num_classes, dict(cfg.optim), loss=loss, model_kwargs=dict(m.kwargs),
                       channels_last=m.channels_last, nonfinite_loss=cfg.task.nonfinite_loss, compile=m.compile,
-                      grad_checkpointing=m.grad_checkpointing)  # fmt: skip
+                      grad_checkpointing=m.grad_checkpointing, schedule_images=schedule_images)  # fmt: skip
 
 
 def world_size(cfg: DictConfig) -> int:
@@ -82,7 +82,27 @@ def global_batch(batch_size: int, cfg: DictConfig) -> int:
 
 
 def steps_for(images: int, batch_size: int, cfg: DictConfig) -> int:
-    return max(1, math.ceil(images / global_batch(batch_size, cfg)))
+    """Optimisation steps to process `images` more than a resumed checkpoint had (`ckpt_path`), on this
+    run's layout: a run resumed on other devices still ends at its schedule's images."""
+    step, processed = resumed_progress(cfg)
+    return max(1, step + math.ceil((images - processed) / global_batch(batch_size, cfg)))
+
+
+def resumed_progress(cfg: DictConfig) -> tuple[int, int]:
+    """(steps, images processed) of the checkpoint `ckpt_path` resumes from; (0, 0) for a fresh start. A
+    file that cannot be read is left to the Trainer, which reports it in one line."""
+    import torch
+
+    if not cfg.get("ckpt_path"):
+        return 0, 0
+    path = (
+        Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    )
+    try:  # memory-mapped: reads two numbers, not the weights
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:
+        return 0, 0
+    return checkpoint["global_step"], checkpoint.get("images_processed", 0)
 
 
 def make_trainer(

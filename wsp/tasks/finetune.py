@@ -22,8 +22,9 @@ def run(cfg: DictConfig) -> dict:
     require_positive(cfg, "task.epochs")
     datamodule = make_datamodule(cfg, TRANSFER)
     train_size = len(datamodule.splits.train)
-    total_steps = steps_for(cfg.task.epochs * train_size, datamodule.batch_size, cfg)
-    model = make_classifier(cfg, datamodule.num_classes, loss="softmax")
+    images = cfg.task.epochs * train_size
+    total_steps = steps_for(images, datamodule.batch_size, cfg)
+    model = make_classifier(cfg, datamodule.num_classes, loss="softmax", schedule_images=images)
     load_pretrained(cfg, model.backbone)
     trainer = make_trainer(cfg, total_steps, build_loggers(cfg))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from wsp.config import ConfigError, check_training, require_choice, require_positive
-from wsp.tasks.common import global_batch, make_classifier, make_datamodule, make_trainer, steps_for
+from wsp.tasks.common import make_classifier, make_datamodule, make_trainer, steps_for
 from wsp.utils.loggers import build_loggers
 from wsp.utils.schedule import INTERPOLATIONS, paper_schedule_images
 
@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> dict:
     datamodule = make_datamodule(cfg, ("hashtags",))
     images = schedule_images(cfg, datamodule.num_samples("train"))
     total_steps = steps_for(images, datamodule.batch_size, cfg)
-    model = make_classifier(cfg, datamodule.num_classes, loss=cfg.model.loss)
+    model = make_classifier(cfg, datamodule.num_classes, loss=cfg.model.loss, schedule_images=images)
     trainer = make_trainer(cfg, total_steps, build_loggers(cfg), checkpoint_every=cfg.task.checkpoint_every)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict:
         "train/skipped_steps": model.skipped_steps,
         "steps": trainer.global_step,
         "images_scheduled": images,
-        "images_processed": trainer.global_step * global_batch(datamodule.batch_size, cfg),
+        "images_processed": model.images_processed,
         "classes": datamodule.num_classes,
         "backbone": str(exported),
     }

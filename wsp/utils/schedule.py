@@ -42,12 +42,13 @@ def peak_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256
 
 
-def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, warmup_start: float, schedule: str,
+def lr_multiplier(done: int, *, total: int, warmup: int, warmup_start: float, schedule: str,
                   halvings: int = 20) -> float:  # fmt: skip
-    """Multiplier of the peak lr at `step`; warm-up goes linearly from `warmup_start` to 1."""
-    if step < warmup_steps:
-        return warmup_start + (1.0 - warmup_start) * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    """Multiplier of the peak lr after `done` of `total` (images processed, or steps); warm-up goes
+    linearly from `warmup_start` to 1 over the first `warmup`."""
+    if done < warmup:
+        return warmup_start + (1.0 - warmup_start) * done / warmup
+    progress = (done - warmup) / max(1, total - warmup)
     if schedule == "step":
         return 0.5 ** min(halvings, math.floor(progress * (halvings + 1)))
     if schedule == "cosine":
