@@ -19,16 +19,9 @@ import torch
 from wsp.models.classifier import Classifier
 from wsp.models.losses import classification_loss
 from wsp.models.stats import model_stats
+from wsp.utils.compute import peak_tflops
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 OPTIM = dict(base_lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, decay_norm_and_bias=True)
-
-
-def peak_tflops(device: torch.device, given: float | None) -> float | None:
-    if given or device.type != "cuda":
-        return given
-    name = torch.cuda.get_device_name(device)
-    return next((tflops for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
 def measure(name: str, size: int, batch: int, compiled: bool, seconds: float, device: torch.device) -> float:

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
+STUDIES = ["headline", "capacity", "data_size", "vocabulary", "resampling", "label_noise", "loss"]
 
 
 def run(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -240,3 +241,22 @@ def test_a_sweep_aggregates_into_one_table(tmp_path):
         refused.stderr.strip().splitlines()[-1]
         == f"error: task.sweep={tmp_path / 'empty'}: no results.json under it"
     )
+
+
+@pytest.mark.slow
+def test_preflight_on_cpu_with_the_tiny_model(tmp_path):
+    """task=preflight end to end on CPU: photos -> corpus -> pretraining -> checkpoint + resume -> probe."""
+    done = run("task=preflight", "model=resnext_tiny", "trainer=cpu", "model.image_size=32", "task.photos=60",
+               "task.photo_side=160", "task.images=128", "task.resume_images=32", "task.compile=[false]",
+               "data.num_workers=1", "data.batch_size=16", "trainer.log_every_n_steps=4", f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    eager = results["eager"]
+    assert eager["images_per_s_per_device"] > 0 and 0 <= eager["data_wait_fraction"] < 1
+    assert (
+        eager["checkpoint_write_s"] > 0 and eager["mfu"] is None and eager["peak_memory_gib"] is None
+    )  # CPU
+    assert 0 <= results["probe/top1"] <= 100
+    assert set(results["study_gpu_days"]) == set(STUDIES) and min(results["study_gpu_days"].values()) > 0
+    resumed = json.loads((tmp_path / "pretrain-eager" / "results.json").read_text())
+    assert resumed["images_processed"] == 128 + 32 and "| images/s per device |" in done.stdout

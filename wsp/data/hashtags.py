@@ -13,9 +13,9 @@ Training reads a fixed number V of virtual streams (`data.streams`), each a dete
 
 The layout: a job has S = ranks x max(1, num_workers) slots, slot g = worker * ranks + rank, and stream v
 is played by slot v % S (a slot with several streams plays them a block at a time in turn). A batch is
-`batch_size` consecutive items of one stream. Loader workers persist across virtual epochs: each serves a
-fixed share of every epoch's batches, round-robin, and keeps its streams open, so neither an epoch
-boundary nor validation restarts or rewinds them.
+`batch_size` consecutive items of one stream, and the loader takes batches from its workers in turn. The
+workers run on across virtual epochs, prefetching over the boundary, so neither an epoch's end nor
+validation restarts or rewinds them.
 
 Resume. Every batch carries where it left its stream; the StreamLoader keeps the positions of the batches
 training consumed (Lightning fetches one batch ahead), and checkpoints save them. On the same layout a
@@ -33,7 +33,6 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -147,24 +146,19 @@ class Streams:
 
 
 class SlotBatches(IterableDataset):
-    """One rank's training batches. DataLoader worker w plays local slot (w + rotation) % workers and
-    serves batches k = w, w + workers, ... of each iteration's `batches` (the DataLoader's round-robin).
-    A worker keeps its streams open between iterations: a persistent worker goes on where it stopped."""
+    """One rank's training batches, without end. DataLoader worker w plays local slot
+    (w + rotation) % workers; the DataLoader takes batches from its workers in turn."""
 
     def __init__(self, streams: Streams, slots: list[list[int]], batch_size: int, transform: RandomCropFlip,
-                 num_classes: int, positions: dict[int, Position], next_stream: list[int], rotation: int,
-                 batches: int):  # fmt: skip
+                 num_classes: int, positions: dict[int, Position], next_stream: list[int], rotation: int):  # fmt: skip
         self.streams, self.slots, self.batch_size, self.transform = streams, slots, batch_size, transform
         self.num_classes, self.positions, self.next_stream = num_classes, positions, next_stream
-        self.rotation, self.batches = rotation, batches
-        self._running: Iterator | None = None  # this worker's batches, made on its first iteration
+        self.rotation = rotation
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        if self._running is None:
-            self._running = self._batches((worker + self.rotation) % workers)
-        yield from islice(self._running, len(range(worker, self.batches, workers)))
+        return self._batches((worker + self.rotation) % workers)
 
     def _batches(self, local_slot: int):
         streams = self.slots[local_slot]
@@ -229,7 +223,7 @@ class StreamLoader:
         self.positions: dict[int, Position] = {}
         self.next_stream = [0] * len(self.slots)
         self.batches_consumed = 0  # on this rank, since the start of training
-        self._persistent: DataLoader | None = None
+        self._batches: Iterator | None = None  # the workers' batches, kept across virtual epochs
 
     def _deal(self, num_streams: int) -> None:
         if num_streams > len(self.shards):
@@ -245,29 +239,27 @@ class StreamLoader:
                                self.n_images, self.block_shards, self.seed)  # fmt: skip
         self.slots = self.layout.local_slots(self.rank, num_streams)
 
-    def _loader(self, rotation: int, batches: int, persistent: bool) -> DataLoader:
-        dataset = SlotBatches(self.streams, self.slots, self.batch_size, self.transform, self.num_classes,
-                              dict(self.positions), list(self.next_stream), rotation, batches)  # fmt: skip
+    def _start(self) -> Iterator:
+        """Workers playing every stream from the consumed positions. Batch j since the start of training
+        comes from local slot j % slots: the round-robin goes on where the consumed batches left it."""
         workers = len(self.slots) if self.num_workers else 0
-        return DataLoader(
-            dataset, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0
-        )
+        dataset = SlotBatches(self.streams, self.slots, self.batch_size, self.transform, self.num_classes,
+                              dict(self.positions), list(self.next_stream), self.batches_consumed % max(1, workers))  # fmt: skip
+        return iter(DataLoader(dataset, batch_size=None, num_workers=workers))
 
     def __iter__(self):
-        done = self.batches_consumed % self.batches_per_epoch
-        if done:  # the rest of an interrupted epoch, its turn going on where it stopped: fresh workers
-            self._persistent = None
-            yield from self._loader(done % len(self.slots), self.batches_per_epoch - done, persistent=False)
-            return
-        if self._persistent is None:
-            self._persistent = self._loader(0, self.batches_per_epoch, persistent=True)
+        """A virtual epoch. The workers run on from one epoch into the next (prefetching across the
+        boundary); an epoch left unfinished stops them, since they ran ahead of what training consumed."""
+        if self._batches is None:
+            self._batches = self._start()
         finished = False
         try:
-            yield from self._persistent
+            for _ in range(self.batches_per_epoch - self.batches_consumed % self.batches_per_epoch):
+                yield next(self._batches)
             finished = True
         finally:
-            if not finished:  # abandoned mid-epoch: its workers ran ahead of what training consumed
-                self._persistent = None
+            if not finished:
+                self._batches = None
 
     def consumed(self, position: torch.Tensor) -> None:
         """Training took the batch that left its stream at `position` (the batch's last element)."""
@@ -301,6 +293,7 @@ class StreamLoader:
             raise ConfigError(f"data.streams={self.configured_streams}: the checkpoint's run has {saved} streams; "
                               "leave data.streams unset (or set it to that) to resume it")  # fmt: skip
         self._deal(saved)
+        self._batches = None
         self.positions = {int(v): tuple(p) for v, p in state["positions"].items()}
         if tuple(state["layout"]) == (self.layout.ranks, self.layout.workers):
             self.next_stream = list(state["next_stream"][self.rank])  # the same turns: the exact order

@@ -22,7 +22,7 @@ def model_stats(name: str, image_size: int, num_classes: int) -> tuple[int, int]
     """(parameters, multiply-adds of one image's forward pass) of timm model `name`."""
     check_model_name(name)
     with torch.device("meta"):
-        model = timm.create_model(name, num_classes=num_classes)
+        model = timm.create_model(name, num_classes=num_classes).eval()  # eval: a 1x1 map at small sizes
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, image_size, image_size))
     return sum(

@@ -22,6 +22,7 @@ TASKS = (
     "dedup",
     "model_stats",
     "aggregate",
+    "preflight",
 )
 
 

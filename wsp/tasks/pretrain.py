@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from wsp.config import ConfigError, check_training, require_choice, require_positive
@@ -51,6 +52,7 @@ def run(cfg: DictConfig) -> dict:
         export_backbone(model.backbone, exported)
     metrics.update(final[0] if final else {})
     return {
+        **device_and_checkpoint_costs(trainer, Path(cfg.output_dir) / "checkpoints" / "last.ckpt"),
         **metrics,
         "train/skipped_steps": model.skipped_steps,
         "steps": trainer.global_step,
@@ -58,4 +60,17 @@ def run(cfg: DictConfig) -> dict:
         "images_processed": model.images_processed,
         "classes": datamodule.num_classes,
         "backbone": str(exported),
+    }
+
+
+def device_and_checkpoint_costs(trainer, checkpoint: Path) -> dict:
+    """Peak accelerator memory, and the slowest checkpoint write with the checkpoint's size (None when
+    there is no accelerator, or no checkpoint was written)."""
+    writes = trainer.strategy.checkpoint_io.write_seconds
+    return {
+        "train/peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30
+        if torch.cuda.is_available()
+        else None,
+        "checkpoint/write_s": max(writes) if writes else None,
+        "checkpoint/gib": checkpoint.stat().st_size / 2**30 if checkpoint.is_file() else None,
     }

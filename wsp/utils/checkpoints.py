@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 import zipfile
 from pathlib import Path
 
@@ -17,13 +18,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a hidden file beside the target, fsync, then rename over it: a process killed mid-write
     leaves the previous checkpoint intact. Loading a truncated or corrupt file fails in one line."""
 
+    def __init__(self):
+        super().__init__()
+        self.write_seconds: list[float] = []  # each save's, for the run's results
+
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        started = time.perf_counter()
         path = Path(path)
         partial = path.with_name(f".{path.name}.partial")
         super().save_checkpoint(checkpoint, partial, storage_options)
         with open(partial, "rb") as file:
             os.fsync(file.fileno())
         os.replace(partial, path)
+        self.write_seconds.append(time.perf_counter() - started)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         if not Path(path).is_file():

@@ -14,7 +14,7 @@ class Throughput(pl.Callback):
     next batch there; on checkpoint steps it also writes the checkpoint)."""
 
     def __init__(self):
-        self.images = 0
+        self.images = self.batches = 0
         self.compute = self.wait = 0.0
         self.batch_started = self.batch_ended = None
         self.metrics: dict[str, float] = {}
@@ -28,7 +28,8 @@ class Throughput(pl.Callback):
         self.batch_ended = time.perf_counter()
         self.compute += self.batch_ended - self.batch_started
         self.images += len(batch[0])
-        if (batch_idx + 1) % trainer.log_every_n_steps == 0:  # every rank reaches this batch together
+        self.batches += 1  # across virtual epochs, which can be shorter than the window
+        if self.batches % trainer.log_every_n_steps == 0:  # every rank reaches this batch together
             elapsed = self.compute + self.wait
             total_images = trainer.strategy.reduce(torch.tensor(float(self.images)), reduce_op="sum")
             self.metrics = {
