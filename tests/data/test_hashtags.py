@@ -267,3 +267,16 @@ def test_a_resume_on_another_layout_trains_on_the_same_items_over_a_pass(corpus_
     resumed.load_state_dict(state)
     tail, _ = first_pass([resumed])
     assert head + tail == uninterrupted and sum(uninterrupted.values()) > 50
+
+
+def test_an_image_member_named_jpeg_decodes_as_jpg(corpus_dir):
+    """img2dataset writes `.jpeg` members too; every reader of a sample's image takes them."""
+    import webdataset as wds
+
+    from wsp.data.hashtags import decode
+    from wsp.data.transforms import CentreCrop
+
+    sample = next(iter(wds.WebDataset(str(sorted(corpus_dir.glob("train-*.tar"))[0]), shardshuffle=False)))
+    renamed = {"jpeg" if key == "jpg" else key: value for key, value in sample.items()}
+    image, target = decode(renamed, CentreCrop(32), None, 20)
+    assert image.shape == (3, 32, 32) and target.sum() == pytest.approx(1.0)

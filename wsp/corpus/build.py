@@ -17,9 +17,12 @@ import glob
 import hashlib
 import io
 import json
+import os
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +51,7 @@ ERROR_REASONS = frozenset({
 })  # fmt: skip
 IMAGE_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
 MAX_KEY_BYTES = 80  # tar member names hold 100 bytes: key + '.' + extension
+READ_CHUNK = 1 << 16  # bytes per read of an image file
 STAGES = ("all", "count", "vocab", "write", "finalize")
 
 
@@ -163,8 +167,7 @@ def image_of(post: Post, verify: str) -> tuple[bytes, str]:
     data = post.image_bytes
     if data is None:
         try:
-            with open(post.image_path, "rb") as file:
-                data = file.read()
+            data = read_file(post.image_path)
         except OSError as err:
             raise ValueError("missing_image") from err
     extension = next((ext for magic, ext in IMAGE_MAGIC if data.startswith(magic)), None)
@@ -186,24 +189,56 @@ def image_of(post: Post, verify: str) -> tuple[bytes, str]:
     return data, extension
 
 
+def read_file(path: str) -> bytes:
+    """A file's bytes in few system calls: open().read() adds fstat calls (for a folder check and to size
+    the read) that cost more than the read itself on network and virtualised file systems."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, READ_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 # ---- the map steps (pure functions of one unit; picklable for process pools) ----
 
 
-def count_unit(unit: Path, vocabulary: Vocabulary, columns: Columns, options: BuildOptions) -> dict:
-    """Pass 1 over one unit: posts carrying each label, and unusable rows by reason."""
+def count_unit(unit: Path, hashtags_file: Path, vocabulary: Vocabulary, columns: Columns,
+               options: BuildOptions) -> dict:  # fmt: skip
+    """Pass 1 over one unit: posts carrying each label, and unusable rows by reason. Each post's hashtags
+    go to `hashtags_file`, a line per post (empty where pass 2 drops the post before labelling it), so
+    that pass 2 does not parse the captions again."""
     labels: Counter[int] = Counter()
     drops, posts, excluded = Drops(), 0, frozenset(options.exclude)
-    for post in read_posts(unit, columns):
-        posts += 1
-        if post.error is not None:
-            drops.drop(post.error, post.key)
-        elif post.key not in excluded and not outside_subset(post.key, options):
-            labels.update(vocabulary.labels_of(hashtags_of(post, options.max_hashtag_chars)))
+    with _atomic_text_file(hashtags_file) as saved:
+        for post in read_posts(unit, columns):
+            posts += 1
+            hashtags = []
+            if post.error is not None:
+                drops.drop(post.error, post.key)
+            elif post.key not in excluded and not outside_subset(post.key, options):
+                hashtags = hashtags_of(post, options.max_hashtag_chars)
+                labels.update(vocabulary.labels_of(hashtags))
+            saved.write(" ".join(hashtags) + "\n")  # normalised hashtags hold no whitespace
     return {"posts": posts, "labels": {str(k): v for k, v in labels.items()}, "drops": drops.to_json()}
 
 
-def write_unit(index: int, unit: Path, output: Path, full: Vocabulary, kept: Vocabulary, columns: Columns,
-               options: BuildOptions, marginal: np.ndarray) -> dict:  # fmt: skip
+def posts_with_hashtags(unit: Path, hashtags_file: Path, columns: Columns,
+                        options: BuildOptions) -> Iterator[tuple[Post, list[str]]]:  # fmt: skip
+    """Each post of the unit with its hashtags as pass 1 saved them, or parsed again when pass 1's file
+    is gone (deleted since)."""
+    posts = read_posts(unit, columns)
+    if not hashtags_file.is_file():
+        yield from ((post, hashtags_of(post, options.max_hashtag_chars)) for post in posts)
+        return
+    with hashtags_file.open(encoding="utf-8", newline="\n") as lines:
+        yield from zip(posts, map(str.split, lines), strict=True)
+
+
+def write_unit(index: int, unit: Path, hashtags_file: Path, output: Path, full: Vocabulary, kept: Vocabulary,
+               columns: Columns, options: BuildOptions, marginal: np.ndarray) -> dict:  # fmt: skip
     """Pass 2 over one unit: label, (optionally) corrupt labels, check images, write this unit's shards."""
     for stale in output.glob(f"*-{index:05d}-*.tar.tmp"):
         stale.unlink()
@@ -215,7 +250,7 @@ def write_unit(index: int, unit: Path, output: Path, full: Vocabulary, kept: Voc
     references: dict[str, list[int]] | None = {} if options.train_images == "reference" else None
     drops, posts, frequencies = Drops(), 0, defaultdict(float)
     replaced = total_labels = 0
-    for post in read_posts(unit, columns):
+    for post, hashtags in posts_with_hashtags(unit, hashtags_file, columns, options):
         posts += 1
         if post.error is not None:
             drops.drop(post.error, post.key)
@@ -226,7 +261,6 @@ def write_unit(index: int, unit: Path, output: Path, full: Vocabulary, kept: Voc
         if outside_subset(post.key, options):
             drops.drop("outside_subset", post.key)
             continue
-        hashtags = hashtags_of(post, options.max_hashtag_chars)
         labels = kept.labels_of(hashtags)
         if not labels:
             drops.drop("rare_labels_only" if full.labels_of(hashtags) else "no_vocabulary_hashtag", post.key)
@@ -294,21 +328,26 @@ class CorpusBuilder:
     def _result_path(self, step: str, index: int) -> Path:
         return self.work / f"{step}-{index:05d}.json"
 
+    def _hashtags_path(self, index: int) -> Path:
+        """The unit's hashtags, kept by the count step for the write step."""
+        return self.work / f"hashtags-{index:05d}.txt"
+
     def _map(self, step: str, indices: list[int]) -> None:
         todo = [i for i in indices if not self._result_path(step, i).is_file()]
         if step == "count":
-            jobs = {
-                i: (count_unit, self.inputs[i], self.vocabulary, self.columns, self.options) for i in todo
-            }
+            jobs = {i: (count_unit, self.inputs[i], self._hashtags_path(i), self.vocabulary, self.columns,
+                        self.options) for i in todo}  # fmt: skip
         else:
             kept, marginal = self._kept_vocabulary()
-            jobs = {i: (write_unit, i, self.inputs[i], self.output, self.vocabulary, kept, self.columns,
-                        self.options, marginal) for i in todo}  # fmt: skip
+            jobs = {i: (write_unit, i, self.inputs[i], self._hashtags_path(i), self.output, self.vocabulary,
+                        kept, self.columns, self.options, marginal) for i in todo}  # fmt: skip
         with tqdm(
             total=len(indices), initial=len(indices) - len(todo), desc=f"corpus {step}", unit="unit"
         ) as bar:
             for index, result in _run(jobs, self.workers):
                 _write_json(self._result_path(step, index), result)  # the unit's step is done
+                if step == "write":  # nothing reads the unit's hashtags again: free the disk
+                    self._hashtags_path(index).unlink(missing_ok=True)
                 bar.update()
 
     def _results(self, step: str):
@@ -378,7 +417,7 @@ class CorpusBuilder:
         _write_json(self.output / "vocab.json", vocab_json)
         _write_json(self.output / "sizes.json", sizes)
         _write_json(self.output / "stats.json", stats)
-        _write_json(self.output / "_info.json", _timm_info(kept_vocab))
+        _write_json(self.output / "_info.json", _timm_info(kept_vocab, sizes))
         _plot_zipf(frequency, self.output / "zipf.png")
         self._check_error_rate(drops, posts)
         return stats
@@ -410,12 +449,22 @@ def _run(jobs: dict[int, tuple], workers: int):
             yield futures[future], future.result()
 
 
-def _timm_info(vocabulary: Vocabulary) -> dict:
-    """timm-style dataset info: class count, label names (wnids) and their descriptions (lemmas)."""
+def _timm_info(vocabulary: Vocabulary, sizes: dict[str, int]) -> dict:
+    """timm-style dataset info: class count, label names (wnids) and their descriptions (lemmas), and the
+    splits timm's WebDataset reader opens (`timm.data.create_dataset("wds/...", root=<corpus>,
+    split="train", target_key="labels")`). Reference train shards (`.ref.json`) are no tars: a corpus
+    built with them lists its val split only."""
+    splits = {}
+    for split in ("train", "val"):
+        shards = sorted(name for name in sizes if name.startswith(f"{split}-") and name.endswith(".tar"))
+        if shards:
+            splits[split] = {"name": split, "num_samples": sum(sizes[name] for name in shards), "filenames": shards,
+                             "shard_lengths": [sizes[name] for name in shards]}  # fmt: skip
     return {
         "num_classes": len(vocabulary),
         "label_names": [label.wnid for label in vocabulary.labels],
         "label_descriptions": {label.wnid: label.name for label in vocabulary.labels},
+        "splits": splits,
     }
 
 
@@ -436,7 +485,15 @@ def _plot_zipf(frequency: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+@contextmanager
+def _atomic_text_file(path: Path):
+    """A text file to write that appears at `path` in full or not at all (a temp file, then a rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="\n") as file:
+        yield file
     tmp.replace(path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with _atomic_text_file(path) as file:
+        file.write(json.dumps(data, indent=1, ensure_ascii=False))

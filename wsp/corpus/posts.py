@@ -55,9 +55,11 @@ def read_posts(path: Path, columns: Columns) -> Iterator[Post]:
         rows = _parquet_rows(path, columns)
     else:
         raise ValueError(f"{path}: unsupported input (expected {', '.join(TABLE_SUFFIXES + SHARD_SUFFIXES)})")
+    # Relative image paths are relative to the table's folder: os.path.join(folder, image) is that
+    # prefix + image, without os.path.join's or pathlib's cost per row.
+    prefix, stem = os.path.join(path.parent, ""), path.stem
     for line_number, row in enumerate(rows):
-        fallback_key = f"{path.stem}_{line_number}"
-        yield row if isinstance(row, Post) else _to_post(row, path.parent, columns, fallback_key)
+        yield row if isinstance(row, Post) else _to_post(row, prefix, columns, f"{stem}_{line_number}")
 
 
 def _json_lines(path: Path) -> Iterator[dict | Post]:
@@ -93,27 +95,29 @@ def _parquet_rows(path: Path, columns: Columns) -> Iterator[dict | Post]:
         yield Post(f"{path.stem}_corrupt", error="corrupt_shard")
 
 
-def _to_post(row: dict, base: Path, columns: Columns, fallback_key: str) -> Post:
+def _to_post(row: dict, prefix: str, columns: Columns, fallback_key: str) -> Post:
+    """The post of a table row; a relative image path is prefixed with `prefix` (the table's folder)."""
     key = row.get(columns.key)
     key = fallback_key if key is None or key == "" else str(key)
     image = row.get(columns.image)
     if isinstance(image, dict):  # Hugging Face style {"bytes": ..., "path": ...}
         image = image.get("bytes") or image.get("path")
-    if not isinstance(image, str | bytes) or not image:
+    if not isinstance(image, (str, bytes)) or not image:
         return Post(key, error="no_image_reference")
     caption = row.get(columns.caption)
+    if not isinstance(caption, str):
+        caption = None
     hashtags = row.get(columns.hashtags)
     if isinstance(hashtags, str):  # CSV cells hold lists as JSON or space-separated text
         hashtags = _parse_hashtag_cell(hashtags)
-    if not isinstance(caption, str) and not isinstance(hashtags, list):
+    elif not isinstance(hashtags, list):
+        hashtags = None
+    if caption is None and hashtags is None:
         return Post(key, error="no_caption_or_hashtags")
-    return Post(
-        key,
-        image_path=os.path.join(base, image) if isinstance(image, str) else None,  # absolute paths stay
-        image_bytes=image if isinstance(image, bytes) else None,
-        caption=caption if isinstance(caption, str) else None,
-        hashtags=hashtags if isinstance(hashtags, list) else None,
-    )
+    if isinstance(image, bytes):
+        return Post(key, image_bytes=image, caption=caption, hashtags=hashtags)
+    path = image if image.startswith("/") else prefix + image  # absolute paths stay
+    return Post(key, image_path=path, caption=caption, hashtags=hashtags)
 
 
 def _parse_hashtag_cell(cell: str) -> list[str]:
@@ -168,7 +172,7 @@ def _sample_to_post(key: str, members: dict[str, bytes], columns: Columns) -> Po
         return Post(key, error="malformed_row")
     if not isinstance(meta, dict):
         return Post(key, error="malformed_row")
-    return _to_post({**meta, columns.image: image}, Path("."), columns, key)
+    return _to_post({**meta, columns.image: image}, "", columns, key)
 
 
 def img2dataset_source_stats(path: Path) -> dict[str, int]:

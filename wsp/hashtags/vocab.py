@@ -44,10 +44,11 @@ class Vocabulary:
 
     def labels_of(self, hashtags: Iterable[str]) -> list[int]:
         """Sorted, deduplicated label ids of normalised hashtags; unknown hashtags are ignored."""
-        found: set[int] = set()
-        for tag in hashtags:
-            found.update(self.hashtag_to_labels.get(tag, ()))
-        return sorted(found)
+        found: list[int] = []
+        for ids in map(self.hashtag_to_labels.get, hashtags):
+            if ids:
+                found += ids
+        return sorted(set(found)) if len(found) > 1 else found  # most posts have one label: no set
 
     @classmethod
     def from_wnids(cls, wnids: Iterable[str], ambiguous: str = "first_sense") -> Vocabulary:
