@@ -9,6 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.conftest import put
+
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ["headline", "capacity", "data_size", "vocabulary", "resampling", "label_noise", "loss"]
 
@@ -260,3 +262,52 @@ def test_preflight_on_cpu_with_the_tiny_model(tmp_path):
     assert set(results["study_gpu_days"]) == set(STUDIES) and min(results["study_gpu_days"].values()) > 0
     resumed = json.loads((tmp_path / "pretrain-eager" / "results.json").read_text())
     assert resumed["images_processed"] == 128 + 32 and "| images/s per device |" in done.stdout
+
+
+@pytest.mark.slow
+def test_probe_and_evaluate_on_two_ddp_processes_count_each_val_image_once(tmp_path, imagenet_root):
+    """Features extracted by both ranks, shard by shard, each image once; evaluation summed over the ranks;
+    the paper's lower bound with three val images listed as duplicates of training images."""
+    import timm
+
+    import wsp.models.backbones  # noqa: F401  (registers wsp_resnext_tiny with timm)
+
+    # 999 val images (one class's left out), so that a padding sampler would count one image twice
+    root = tmp_path / "imagenet"
+    root.mkdir()
+    (root / "train").symlink_to(imagenet_root / "train")
+    val = sorted((imagenet_root / "val").rglob("*.JPEG"))[:-1]
+    val = [put(root / "val" / p.parent.name / p.name, p) for p in val]
+    listed = [val[5], val[17], val[900]]  # val[5] is class 5's image: the only one the head below gets right
+    matches = tmp_path / "matches.csv"
+    matches.write_text(
+        "eval_image,corpus_key,method,score\n"
+        + "".join(f"{p},k{i},exact,1.0\n" for i, p in enumerate(listed))
+    )
+    common = [f"data.root={root}", "trainer=ddp_cpu", "model.image_size=32", "data.num_workers=0",
+              "data.batch_size=64", f"data.duplicates={matches}", "logger=csv"]  # fmt: skip
+    probe = run("task=probe", "data=imagenet", *common, "task.l2_grid=[1.0]", "task.max_iter=3",
+                "task.shard_images=100", f"hydra.run.dir={tmp_path / 'probe'}")  # fmt: skip
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    results = json.loads((tmp_path / "probe" / "results.json").read_text())
+    assert results["probe/val_images"] == 999 and results["probe/train_images"] == 1000
+    assert (
+        results["probe/duplicates_listed"] == 3 and results["probe/top1_lower_bound"] <= results["probe/top1"]
+    )
+    assert len(list(Path(results["feature_cache"]).glob("val-*.safetensors"))) == 10  # dealt 5 and 5
+
+    model = timm.create_model("wsp_resnext_tiny", num_classes=1000)
+    state = model.state_dict()
+    state["fc.weight"].zero_()
+    state["fc.bias"].zero_()
+    state["fc.bias"][[5, 4, 3, 2, 1]] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    torch.save(state, tmp_path / "classifier.pth")
+    evaluate = run("task=evaluate", *common, f"backbone.weights={tmp_path / 'classifier.pth'}",
+                   f"hydra.run.dir={tmp_path / 'evaluate'}")  # fmt: skip
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    results = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    assert results["evaluate/val_images"] == 999 and results["evaluate/duplicates_listed"] == 3
+    assert results["evaluate/top1"] == pytest.approx(100 / 999) and results["evaluate/top5"] == pytest.approx(
+        500 / 999
+    )
+    assert results["evaluate/top1_lower_bound"] == 0.0  # its one right answer was listed

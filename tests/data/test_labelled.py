@@ -1,6 +1,7 @@
 """Miniature replicas of each official layout (tiny JPEGs, the real list formats) read by wsp's parsers."""
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,11 @@ from tests.conftest import WNIDS, put
 from wsp.data import labelled
 
 
-def flat_val(root: Path, truth: list[str]) -> None:
+def flat_val(images: Path, truth: list[str]) -> None:
+    """`images`/val flat, `images`/train with one class: the root, or Kaggle's ILSVRC/Data/CLS-LOC."""
     for i in range(len(truth)):
-        put(root / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
-    put(root / "train" / WNIDS[0] / "a.JPEG")
+        put(images / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    put(images / "train" / WNIDS[0] / "a.JPEG")
 
 
 def test_imagenet_folders_match_torchvision(imagenet_root):
@@ -29,21 +31,27 @@ def test_imagenet_folders_match_torchvision(imagenet_root):
         assert samples == ImageNet(str(imagenet_root), split=split).samples
 
 
-def test_imagenet_flat_val_with_kaggle_solution(tmp_path):
+@pytest.mark.parametrize("images", [".", "ILSVRC/Data/CLS-LOC"], ids=["in-root", "kaggle-tree"])
+def test_imagenet_flat_val_with_kaggle_solution(tmp_path, images):
+    """The solution file lies in the root, beside ILSVRC/ where Kaggle's download has its images."""
     truth = [WNIDS[7], WNIDS[3], WNIDS[999]]
-    flat_val(tmp_path, truth)
+    flat_val(tmp_path / images, truth)
+    put(
+        tmp_path / images / "test" / "ILSVRC2012_test_00000001.JPEG"
+    )  # Kaggle's unlabelled test split: unread
     with (tmp_path / "LOC_val_solution.csv").open("w", newline="") as table:
         writer = csv.writer(table)
         writer.writerow(["ImageId", "PredictionString"])
         for i, wnid in reversed(list(enumerate(truth))):  # any row order
             writer.writerow([f"ILSVRC2012_val_{i + 1:08d}", f"{wnid} 1 2 30 40 {wnid} 5 6 7 8"])
-    val = labelled.imagenet(tmp_path).val
-    assert [(Path(p).name, label) for p, label in val] == [
-        ("ILSVRC2012_val_00000001.JPEG", 7),
-        ("ILSVRC2012_val_00000002.JPEG", 3),
-        ("ILSVRC2012_val_00000003.JPEG", 999),
+    splits = labelled.imagenet(tmp_path)
+    assert splits.val == [
+        (str(tmp_path / images / "val" / "ILSVRC2012_val_00000001.JPEG"), 7),
+        (str(tmp_path / images / "val" / "ILSVRC2012_val_00000002.JPEG"), 3),
+        (str(tmp_path / images / "val" / "ILSVRC2012_val_00000003.JPEG"), 999),
     ]
-    (tmp_path / "val" / "ILSVRC2012_val_00000002.JPEG").unlink()
+    assert splits.train == [(str(tmp_path / images / "train" / WNIDS[0] / "a.JPEG"), 0)]
+    (tmp_path / images / "val" / "ILSVRC2012_val_00000002.JPEG").unlink()
     with pytest.raises(ValueError, match="lists 1 images not in"):
         labelled.imagenet(tmp_path)
 
@@ -120,8 +128,30 @@ def test_cub_splits_labels_and_boxes(tmp_path):
         labelled.cub(root)
 
 
-@pytest.mark.parametrize("small", [True, False])
-def test_places365_matches_torchvision(tmp_path, small):
+CATEGORIES = ["/a/airfield", "/b/bakery/shop", "/c/canyon"]
+
+
+def places365_replica(root: Path, train_dir: str, val_dir: str, per_class: int = 3) -> None:
+    """The three list files and `per_class` train images of each category; val has four images."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "categories_places365.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(CATEGORIES)))
+    train_rows, val_rows = [], []
+    for i in range(per_class * len(CATEGORIES)):
+        relative = f"{CATEGORIES[i % 3]}/{i:08d}.jpg"
+        put(root / train_dir / relative.lstrip("/"))
+        train_rows.append(f"{relative} {i % 3}\n")
+    for i in range(4):
+        put(root / val_dir / f"Places365_val_{i + 1:08d}.jpg")
+        val_rows.append(f"Places365_val_{i + 1:08d}.jpg {(i * 2) % 3}\n")
+    (root / "places365_train_standard.txt").write_text("".join(train_rows))
+    (root / "places365_val.txt").write_text("".join(val_rows))
+
+
+@pytest.mark.parametrize("small", [True, False], ids=["small", "large"])
+@pytest.mark.parametrize("official", [True, False], ids=["official-tars", "torchvision-names"])
+def test_places365_matches_torchvision(tmp_path, small, official):
+    """The official tars unpack train images to data_256/ (data_large/), which torchvision renames to
+    data_256_standard/ (data_large_standard/); both read as torchvision reads its own."""
     from torchvision.datasets import Places365
 
     class ReplicaPlaces365(Places365):  # torchvision's parsing; only its md5 check of the real files is off
@@ -129,24 +159,30 @@ def test_places365_matches_torchvision(tmp_path, small):
             return Path(file).is_file()
 
     size = "256" if small else "large"
-    categories = ["/a/airfield", "/b/bakery/shop", "/c/canyon"]
-    (tmp_path / "categories_places365.txt").write_text(
-        "".join(f"{c} {i}\n" for i, c in enumerate(categories))
-    )
-    train_rows, val_rows = [], []
-    for i in range(9):
-        relative = f"{categories[i % 3]}/{i:08d}.jpg"
-        put(tmp_path / f"data_{size}_standard" / relative.lstrip("/"))
-        train_rows.append(f"{relative} {i % 3}\n")
-    for i in range(4):
-        put(tmp_path / f"val_{size}" / f"Places365_val_{i + 1:08d}.jpg")
-        val_rows.append(f"Places365_val_{i + 1:08d}.jpg {(i * 2) % 3}\n")
-    (tmp_path / "places365_train_standard.txt").write_text("".join(train_rows))
-    (tmp_path / "places365_val.txt").write_text("".join(val_rows))
+    train_dir = f"data_{size}" if official else f"data_{size}_standard"
+    places365_replica(tmp_path, train_dir, f"val_{size}")
     splits = labelled.places365(tmp_path, small=small)
-    assert splits.classes == categories
-    assert splits.train == ReplicaPlaces365(str(tmp_path), split="train-standard", small=small).imgs
+    assert splits.classes == CATEGORIES
+    torchvision_train = ReplicaPlaces365(str(tmp_path), split="train-standard", small=small).imgs
+    renamed = str(tmp_path / f"data_{size}_standard"), str(tmp_path / train_dir)
+    assert splits.train == [(path.replace(*renamed, 1), label) for path, label in torchvision_train]
+    assert all(Path(path).is_file() for path, _ in splits.train)
     assert splits.val == ReplicaPlaces365(str(tmp_path), split="val", small=small).imgs
+
+
+def test_probe_on_places365_as_the_official_tars_unpack(compose_config, tmp_path):
+    from wsp.tasks import run_task
+
+    root = tmp_path / "places365"
+    places365_replica(root, "data_256", "val_256", per_class=4)
+    cfg = compose_config("task=probe", "data=places365", f"data.root={root}", "task.l2_grid=[1.0]",
+                         "logger=csv", "data.num_workers=0", "data.batch_size=8", "model.image_size=32")  # fmt: skip
+    metrics = run_task(cfg)
+    assert (
+        metrics["probe/train_images"] == 12
+        and metrics["probe/val_images"] == 4
+        and 0 <= metrics["probe/top1"] <= 100
+    )
 
 
 def test_a_missing_root_or_list_is_one_clear_error(tmp_path):
@@ -154,5 +190,19 @@ def test_a_missing_root_or_list_is_one_clear_error(tmp_path):
         labelled.cub(tmp_path)
     with pytest.raises(FileNotFoundError, match="data.root=.*: no .*categories_places365.txt"):
         labelled.places365(tmp_path)
-    with pytest.raises(FileNotFoundError, match="data.root=.*: no .*/val"):
+    tried = f"{tmp_path}/, {tmp_path}/ILSVRC/Data/CLS-LOC/"
+    (tmp_path / "train").mkdir()  # half a layout is no layout
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"data.root={tmp_path}: no train/ and val/ folders; tried {tried}")
+    ):
         labelled.imagenet(tmp_path)
+
+
+@pytest.mark.parametrize("small", [True, False], ids=["small", "large"])
+def test_a_missing_places365_train_folder_names_every_folder_tried(tmp_path, small):
+    size, other = ("256", "large") if small else ("large", "256")
+    places365_replica(tmp_path, f"data_{other}", f"val_{size}")  # the other variant's train images only
+    tried = f"{tmp_path}/data_{size}_standard/, {tmp_path}/data_{size}/"
+    message = f"data.root={tmp_path}: no train images folder; tried {tried}"
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(message)}$"):
+        labelled.places365(tmp_path, small=small)

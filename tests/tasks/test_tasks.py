@@ -64,12 +64,22 @@ def test_pretrain_compiled_with_activation_checkpointing(compose_config, corpus_
     assert load_file(metrics["backbone"]).keys() == create_backbone(cfg.model.name).state_dict().keys()
 
 
-def test_finetune_fast_dev_run(compose_config, synthetic_dir):
-    cfg = compose_config(
-        "task=finetune", f"data.root={synthetic_dir / 'target'}", "+trainer.fast_dev_run=true", *FAST
-    )
+def test_finetune_one_epoch_with_listed_duplicates(compose_config, synthetic_dir, tmp_path):
+    """The final validation counts every val image once and the lower bound counts listed ones wrong."""
+    val = sorted((synthetic_dir / "target" / "val").rglob("*.jpg"))
+    matches = tmp_path / "matches.csv"
+    matches.write_text(f"eval_image,corpus_key,method,score\n{val[0]},k,exact,1.0\n{val[0]},k2,phash,2\n")
+    target = [f"data.root={synthetic_dir / 'target'}", f"data.duplicates={matches}"]
+    cfg = compose_config("task=finetune", *target, "task.epochs=1", *FAST)
     metrics = run_task(cfg)
-    assert 0 <= metrics["finetune/top1"] <= 100
+    assert 0 <= metrics["finetune/top1_lower_bound"] <= metrics["finetune/top1"] <= 100
+    assert metrics["finetune/val_images"] == len(val) and metrics["finetune/duplicates_listed"] == 1
+    matches.write_text(f"eval_image,corpus_key,method,score\n{tmp_path / 'elsewhere.jpg'},k,exact,1.0\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"data.duplicates=.*: 1 listed images are not in the val split, e.g. .*elsewhere.jpg",
+    ):
+        run_task(compose_config("task=finetune", *target, *FAST))
 
 
 def test_pretrain_then_probe_and_finetune_from_its_outputs(compose_config, corpus_dir, cub_root):
@@ -92,8 +102,8 @@ def test_pretrain_then_probe_and_finetune_from_its_outputs(compose_config, corpu
         metrics = run_task(probe)
         assert (
             0 <= metrics["probe/top1"] <= 100
-            and metrics["train_images"] == 24
-            and metrics["val_images"] == 18
+            and metrics["probe/train_images"] == 24
+            and metrics["probe/val_images"] == 18
         )
     tune = compose_config("task=finetune", *target, f"backbone.weights={checkpoint}", "task.epochs=1", *FAST)
     assert run_task(tune)["steps"] == 3
@@ -158,5 +168,5 @@ def test_evaluate_a_classifier_with_its_own_head_on_imagenet_val(compose_config,
     cfg = compose_config("task=evaluate", f"data.root={imagenet_root}", f"backbone.weights={tmp_path / 'classifier.pth'}",
                          "data.num_workers=0", "data.batch_size=250")  # fmt: skip
     metrics = run_task(cfg)
-    assert metrics["val_images"] == 1000 and metrics["crop_pct"] == 0.875
-    assert metrics["eval/top1"] == pytest.approx(0.1) and metrics["eval/top5"] == pytest.approx(0.5)
+    assert metrics["evaluate/val_images"] == 1000 and metrics["crop_pct"] == 0.875
+    assert metrics["evaluate/top1"] == pytest.approx(0.1) and metrics["evaluate/top5"] == pytest.approx(0.5)

@@ -1,7 +1,8 @@
 """The paper's transfer datasets, read from their official on-disk layouts into (path, label) lists.
 
-- ImageNet-1k (ILSVRC2012): `train/<wnid>/*`; `val/` as wnid folders, or flat with Kaggle's
-  `LOC_val_solution.csv`, or flat with the devkit's ground truth (`ILSVRC2012_devkit_t12/data/`
+- ImageNet-1k (ILSVRC2012): `train/<wnid>/*` and `val/`, in the root or, as Kaggle's download has them,
+  in `ILSVRC/Data/CLS-LOC/`; `val/` as wnid folders, or flat with Kaggle's `LOC_val_solution.csv` (in
+  the root), or flat with the devkit's ground truth (`ILSVRC2012_devkit_t12/data/`
   `ILSVRC2012_validation_ground_truth.txt` + `meta.mat`, matched to the sorted file names as
   torchvision does). Labels are timm's sorted-wnid order.
 - ImageNet-5k / -9k: an ImageNet-22k (fall 2011) tree `<root>/<wnid>/*`; the IN-1k classes plus the
@@ -9,9 +10,11 @@
 - CUB-200-2011: `images.txt`, `image_class_labels.txt`, `train_test_split.txt`, `classes.txt`,
   `images/`, and `bounding_boxes.txt` for the optional crop to the bird (`crop_to_box`).
 - Places365-Standard: `categories_places365.txt`, `places365_train_standard.txt`, `places365_val.txt`,
-  images in `data_256_standard/` + `val_256/` (small) or `data_large_standard/` + `val_large/`.
+  train images in `data_256/` (the official tar's name) or `data_256_standard/` (torchvision's) and
+  val images in `val_256/` (small), or `data_large/` or `data_large_standard/` and `val_large/`.
 
-A missing root or file, or a list that does not match the folder, raises one line naming it.
+A missing root or file, or a list that does not match the folder, raises one line naming it (every
+folder tried, where a layout has several names for one).
 """
 
 from __future__ import annotations
@@ -39,6 +42,15 @@ def _need(root: Path, path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"data.root={root}: no {path}")
     return path
+
+
+def _first_folder(root: Path, what: str, candidates: list[Path], holding: tuple[str, ...] = ()) -> Path:
+    """The first candidate folder that holds every subfolder in `holding`: one dataset, as each source
+    unpacks it, under different names."""
+    for folder in candidates:
+        if folder.is_dir() and all((folder / name).is_dir() for name in holding):
+            return folder
+    raise FileNotFoundError(f"data.root={root}: no {what}; tried {', '.join(f'{c}/' for c in candidates)}")
 
 
 def _lines(root: Path, path: Path) -> list[list[str]]:
@@ -73,7 +85,9 @@ def imagenet(root: str | Path) -> Splits:
     root = Path(root)
     wnids = imagenet1k_wnids()
     index = {wnid: i for i, wnid in enumerate(wnids)}
-    val_dir = _need(root, root / "val")
+    kaggle = root / "ILSVRC" / "Data" / "CLS-LOC"
+    images = _first_folder(root, "train/ and val/ folders", [root, kaggle], holding=("train", "val"))
+    val_dir = images / "val"
     if any(p.is_dir() for p in val_dir.iterdir()):
         val = _class_folders(root, val_dir, index)
     elif (solution := root / "LOC_val_solution.csv").is_file():
@@ -86,7 +100,7 @@ def imagenet(root: str | Path) -> Splits:
         val = sorted((str(path), index[wnid]) for path, wnid in rows)
     else:
         val = _devkit_val(root, val_dir, index)
-    return Splits(wnids, _class_folders(root, root / "train", index), val)
+    return Splits(wnids, _class_folders(root, images / "train", index), val)
 
 
 def _devkit_val(root: Path, val_dir: Path, index: dict[str, int]) -> Samples:
@@ -154,14 +168,16 @@ def places365(root: str | Path, small: bool = True) -> Splits:
     ]
     size = "256" if small else "large"
 
-    def listed(list_file: str, images_dir: str) -> Samples:
+    def listed(list_file: str, images_dir: Path) -> Samples:
         return [
-            (str(root / images_dir / path.lstrip("/")), int(label))
-            for path, label in _lines(root, root / list_file)
+            (str(images_dir / path.lstrip("/")), int(label)) for path, label in _lines(root, root / list_file)
         ]
 
-    train = listed("places365_train_standard.txt", f"data_{size}_standard")
-    val = listed("places365_val.txt", f"val_{size}")
+    train_dir = _first_folder(
+        root, "train images folder", [root / f"data_{size}_standard", root / f"data_{size}"]
+    )
+    train = listed("places365_train_standard.txt", train_dir)
+    val = listed("places365_val.txt", root / f"val_{size}")
     for path, _ in train[:1] + val:  # every val image; the train list is checked as it is read
         _need(root, Path(path))
     return Splits(classes, train, val)

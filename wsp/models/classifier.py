@@ -9,12 +9,45 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+import torchmetrics
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from wsp.models.backbones import create_backbone
 from wsp.models.losses import as_distribution, classification_loss, topk_hits
 from wsp.utils.schedule import lr_multiplier, peak_lr
+
+
+class ValCounts(torchmetrics.Metric):
+    """Top-1/top-5 over a validation pass as sums over the ranks, each val image counted once (the val
+    loaders deal every image to one rank, unpadded): a ratio of sums, not a mean of the ranks' means.
+    With duplicates listed (`data.duplicates`), the paper's lower bound counts each listed image wrong."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        for name in ("top1", "top5", "images", "top1_unlisted", "listed"):
+            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("lists", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
+
+    def update(self, top1: torch.Tensor, top5: torch.Tensor, listed: torch.Tensor | None) -> None:
+        self.top1 += top1.sum()
+        self.top5 += top5.sum()
+        self.images += len(top1)
+        if listed is not None:
+            self.lists.fill_(1.0)
+            self.listed += listed.sum()
+            self.top1_unlisted += (top1 * ~listed).sum()
+
+    def compute(self) -> dict[str, float]:
+        images = max(self.images.item(), 1.0)
+        metrics = {"val/top1": 100 * self.top1.item() / images, "val/top5": 100 * self.top5.item() / images,
+                   "val/images": self.images.item()}  # fmt: skip
+        if self.lists.item():
+            metrics["val/top1_lower_bound"] = 100 * self.top1_unlisted.item() / images
+            metrics["val/duplicates_listed"] = self.listed.item()
+        return metrics
 
 
 class Classifier(pl.LightningModule):
@@ -36,7 +69,8 @@ class Classifier(pl.LightningModule):
         nn.init.zeros_(self.head.bias)
         if channels_last:  # faster convolutions on CPU and on tensor cores
             self.to(memory_format=torch.channels_last)
-        self.skipped_samples = self.skipped_steps = 0
+        self.skipped_steps = 0
+        self.val_counts = ValCounts()
         # Images processed since the start of training, over every layout a run was resumed on: the lr
         # schedule's clock, so a run resumed on more or fewer devices goes on where it stopped.
         self.images_processed = 0
@@ -54,8 +88,11 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         self.images_processed += self.trainer.datamodule.batch_size * self.trainer.world_size
         images, target, skipped = self._split_batch(batch)
+        # unreadable images dropped from the batches, summed over the epoch and the ranks as
+        # val/skipped_samples is: one pass's count, the one data.max_unreadable caps
+        self.log("train/skipped_samples", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum",
+                 sync_dist=True, batch_size=len(images))  # fmt: skip
         loss = classification_loss(self.hparams.loss, self(images), target)
-        self.skipped_samples += skipped
         if not torch.isfinite(loss):
             if self.hparams.nonfinite_loss == "stop":
                 raise FloatingPointError(
@@ -68,7 +105,6 @@ class Classifier(pl.LightningModule):
         self.log_dict({
             "train/loss": loss,
             "train/lr": self.optimizers().param_groups[0]["lr"],
-            "train/skipped_samples": float(self.skipped_samples),
         }, batch_size=len(images))  # fmt: skip
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(images))
         return loss
@@ -76,15 +112,20 @@ class Classifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         images, target, skipped = self._split_batch(batch)
         logits = self(images)
-        metrics = {
-            "val/loss": classification_loss(self.hparams.loss, logits, target),
-            "val/top1": 100 * topk_hits(logits, target, 1).mean(),
-            "val/top5": 100 * topk_hits(logits, target, 5).mean(),
-        }
-        self.log_dict(metrics, prog_bar=True, sync_dist=True, batch_size=len(images))
+        listed = getattr(self.trainer.datamodule, "listed", None)
+        if listed is not None:  # transfer batches carry the images' indices in their split
+            listed = listed[batch[3].cpu()].to(self.device)
+        self.val_counts.update(topk_hits(logits, target, 1), topk_hits(logits, target, 5), listed)
+        loss = classification_loss(self.hparams.loss, logits, target)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(images))
         self.log(
             "val/skipped_samples", float(skipped), reduce_fx="sum", sync_dist=True, batch_size=len(images)
         )
+
+    def on_validation_epoch_end(self) -> None:
+        # summed over the ranks already (each val image is dealt to one rank): no further sync
+        self.log_dict(self.val_counts.compute(), prog_bar=True)
+        self.val_counts.reset()
 
     def configure_optimizers(self):
         o = self.hparams.optim

@@ -105,6 +105,15 @@ def resumed_progress(cfg: DictConfig) -> tuple[int, int]:
     return checkpoint["global_step"], checkpoint.get("images_processed", 0)
 
 
+def make_predictor(cfg: DictConfig) -> pl.Trainer:
+    """A Trainer for inference over every device of the job (feature extraction, evaluation): no
+    logger, no checkpoints, and no sampler injected (the tasks deal each rank its share themselves, so
+    no image is padded in twice)."""
+    return pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False,
+                      enable_checkpointing=False, use_distributed_sampler=False,
+                      default_root_dir=cfg.output_dir)  # fmt: skip
+
+
 def make_trainer(
     cfg: DictConfig, max_steps: int, loggers: list, checkpoint_every: int | None = None
 ) -> pl.Trainer:

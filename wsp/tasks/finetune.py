@@ -32,6 +32,12 @@ def run(cfg: DictConfig) -> dict:
     return {
         "finetune/top1": final["val/top1"],
         "finetune/top5": final["val/top5"],
+        "finetune/val_images": int(final["val/images"]),
+        **{
+            f"finetune/{k}": final[f"val/{k}"]
+            for k in ("top1_lower_bound", "duplicates_listed")
+            if f"val/{k}" in final
+        },
         "train/skipped_steps": model.skipped_steps,
         "steps": trainer.global_step,
         "weights": cfg.backbone.weights,
