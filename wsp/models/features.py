@@ -63,18 +63,17 @@ class ShardBatches:
     """Batches of sample indices that never straddle a shard: a batch belongs to exactly one shard."""
 
     def __init__(self, shards: list[int], images: int, shard_images: int, batch_size: int):
-        self.batches = [
-            list(range(start, min(start + batch_size, end)))
-            for j in shards
-            for end in [min((j + 1) * shard_images, images)]
-            for start in range(j * shard_images, end, batch_size)
-        ]
+        # (start, end) per shard, batches made as iterated: millions of images need no index list in memory
+        self.spans = [(j * shard_images, min((j + 1) * shard_images, images)) for j in shards]
+        self.batch_size = batch_size
 
     def __iter__(self):
-        return iter(self.batches)
+        for first, end in self.spans:
+            for start in range(first, end, self.batch_size):
+                yield list(range(start, min(start + self.batch_size, end)))
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return sum(-(-(end - first) // self.batch_size) for first, end in self.spans)
 
 
 class FeatureExtractor(pl.LightningModule):
