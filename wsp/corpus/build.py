@@ -39,7 +39,7 @@ from wsp.corpus.posts import (
     img2dataset_source_stats,
     read_posts,
 )
-from wsp.corpus.shards import REFERENCE_SUFFIX, ShardSink, write_reference
+from wsp.corpus.shards import REFERENCE_SUFFIX, ShardSink, reference_rows, write_index, write_reference
 from wsp.hashtags.parse import MAX_HASHTAG_CHARS, extract_hashtags, normalize_hashtags
 from wsp.hashtags.vocab import Vocabulary
 
@@ -238,8 +238,9 @@ def posts_with_hashtags(unit: Path, hashtags_file: Path, columns: Columns,
 
 
 def write_unit(index: int, unit: Path, hashtags_file: Path, output: Path, full: Vocabulary, kept: Vocabulary,
-               columns: Columns, options: BuildOptions, marginal: np.ndarray) -> dict:  # fmt: skip
-    """Pass 2 over one unit: label, (optionally) corrupt labels, check images, write this unit's shards."""
+               columns: Columns, options: BuildOptions, marginal: np.ndarray, index_file: Path) -> dict:  # fmt: skip
+    """Pass 2 over one unit: label, (optionally) corrupt labels, check images, write this unit's shards,
+    and their train samples' index rows to `index_file`."""
     for stale in output.glob(f"*-{index:05d}-*.tar.tmp"):
         stale.unlink()
     noise = LabelNoise(options.label_noise, marginal, options.seed) if options.label_noise > 0 else None
@@ -286,10 +287,13 @@ def write_unit(index: int, unit: Path, hashtags_file: Path, output: Path, full: 
             for label in meta["labels"]:
                 frequencies[label] += 1.0 / len(meta["labels"])
     sizes = {name: n for sink in sinks.values() for name, n in sink.close().items()}
+    rows = sinks["train"].index
     if references:
         name = f"train-{index:05d}{REFERENCE_SUFFIX}"
         write_reference(output / name, unit, references)
         sizes[name] = len(references)
+        rows.extend(reference_rows(name, unit, references))
+    rows.save(index_file)
     return {"posts": posts, "sizes": sizes, "drops": drops.to_json(), "train_frequency": {str(k): v for k, v in sorted(frequencies.items())},
             "noise": {"replaced": replaced, "labels": total_labels}}  # fmt: skip
 
@@ -328,6 +332,10 @@ class CorpusBuilder:
     def _result_path(self, step: str, index: int) -> Path:
         return self.work / f"{step}-{index:05d}.json"
 
+    def _index_path(self, index: int) -> Path:
+        """The unit's train samples' index rows, concatenated over the units by finalize."""
+        return self.work / f"index-{index:05d}.npz"
+
     def _hashtags_path(self, index: int) -> Path:
         """The unit's hashtags, kept by the count step for the write step."""
         return self.work / f"hashtags-{index:05d}.txt"
@@ -340,7 +348,7 @@ class CorpusBuilder:
         else:
             kept, marginal = self._kept_vocabulary()
             jobs = {i: (write_unit, i, self.inputs[i], self._hashtags_path(i), self.output, self.vocabulary,
-                        kept, self.columns, self.options, marginal) for i in todo}  # fmt: skip
+                        kept, self.columns, self.options, marginal, self._index_path(i)) for i in todo}  # fmt: skip
         with tqdm(
             total=len(indices), initial=len(indices) - len(todo), desc=f"corpus {step}", unit="unit"
         ) as bar:
@@ -418,6 +426,7 @@ class CorpusBuilder:
         _write_json(self.output / "sizes.json", sizes)
         _write_json(self.output / "stats.json", stats)
         _write_json(self.output / "_info.json", _timm_info(kept_vocab, sizes))
+        write_index(self.output, [self._index_path(i) for i in range(len(self.inputs))])
         _plot_zipf(frequency, self.output / "zipf.png")
         self._check_error_rate(drops, posts)
         return stats

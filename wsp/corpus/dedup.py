@@ -39,8 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from wsp.corpus.shards import IMAGE_KEYS
-from wsp.data.hashtags import shard_samples
+from wsp.corpus.shards import IMAGE_KEYS, shard_samples
 from wsp.data.transforms import CentreCrop, normalise
 from wsp.utils.images import IMAGE_SUFFIXES
 

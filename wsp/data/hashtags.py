@@ -1,28 +1,36 @@
 """The hashtag corpus as a LightningDataModule: WebDataset shards written by `task=corpus`.
 
-Training reads a fixed number V of virtual streams (`data.streams`), each a deterministic function of
-(seed, stream) whatever the job's layout of ranks and workers:
-- Train shard i belongs to stream i % V. A stream reads its shards in passes; pass p is a seeded plan:
-  the stream's shards in a shuffled order, cut into blocks of `data.block_shards` shards.
-- A block is read whole. Each sample is repeated floor(r) or ceil(r) times, r = N * w_i (its resampling
-  weight, wsp.corpus.sampling), and the block's items are ordered by the key (k + u) / copies for copy k
-  of a sample (u uniform per sample): the copies of one image lie evenly spread over the block, never
-  back to back, and everything else is shuffled.
-- A stream's position is (pass, block, item). Resuming reads one block per stream, whatever the offset.
-- A sample's crop and flip are seeded by (seed, stream, pass, block, item): by its place in its stream.
+Training reads one sequence of items, a deterministic function of the corpus and (data.seed,
+data.resampling, data.block_shards, data.run_samples), whatever the job's layout of ranks and workers:
+- Pass p is a seeded permutation of the train shards, cut into groups of `block_shards` shards. A block
+  is one run of `run_samples` consecutive samples from each shard of a group (run r of every shard of
+  the group; the runs in a seeded order): its samples come from up to `block_shards` places spread over
+  the corpus, so a batch is as diverse as the corpus, whatever order the posts were in when it was built
+  (one file per hashtag, rows sorted by date or user), and a block's metadata is bounded by
+  block_shards x run_samples, whatever the shard size.
+- Each sample of a block is repeated floor(r) or ceil(r) times, r = N * w_i (its resampling weight,
+  wsp.corpus.sampling), and the items are ordered by the key (k + u) / copies for copy k of a sample (u
+  uniform per sample): copies of one image lie evenly spread over the block, len/copies items apart, so a
+  sample repeats within a batch only if it has more than len/batch copies.
+- Blocks are ordered from the corpus index alone (labels and byte offsets written at build time,
+  memory-mapped); an image's bytes are read by offset when its item is decoded.
+- A sample's crop and flip are seeded by (seed, pass, block, item): by its place in the sequence.
 
-The layout: a job has S = ranks x max(1, num_workers) slots, slot g = worker * ranks + rank, and stream v
-is played by slot v % S (a slot with several streams plays them a block at a time in turn). A batch is
-`batch_size` consecutive items of one stream, and the loader takes batches from its workers in turn. The
-workers run on across virtual epochs, prefetching over the boundary, so neither an epoch's end nor
-validation restarts or rewinds them.
+The layout: a global step of a job with R ranks and batch b takes the next R x b items; rank r trains on
+the r-th b of them. A rank's DataLoader worker w makes the rank's batches w, w + W, ... (the DataLoader
+takes batches from its W workers in turn), skipping the other items by arithmetic on the index. Every
+item is trained once, in sequence order, on any layout: the stream advances at one rate, and every
+worker of every rank has work.
 
-Resume. Every batch carries where it left its stream; the StreamLoader keeps the positions of the batches
-training consumed (Lightning fetches one batch ahead), and checkpoints save them. On the same layout a
-resumed run trains on exactly the samples, crops and order of an uninterrupted one. On another layout
-every stream goes on where it stopped, so over a pass the multiset of items trained on is the
-uninterrupted run's; only the interleaving of streams differs. Nothing is replayed or lost: batches
-fetched but not consumed when a checkpoint is taken are read again after a resume.
+The position - where the sequence goes on, and the items consumed - is one value, the same on every rank
+(all ranks consume one batch per step). It belongs to the StreamLoader: every batch carries the position
+after its step, the StreamLoader keeps that of the last batch training consumed (Lightning fetches one
+batch ahead), and checkpoints save it. A resume, on any layout, starts the sequence there: nothing is
+replayed or skipped, and on the same layout the batches, crops and order are those of an uninterrupted
+run. A resume reads the index of one block, whatever the offset.
+
+The ledger (`data.ledger=true`): every item consumed, as rows `rank, step, pass, block, item, shard, key,
+copy, decoded` in `<run>/ledger/rank<r>-step<first step>.csv`, kept consistent with checkpoints.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +52,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from wsp.config import ConfigError
 from wsp.corpus.sampling import ImageWeights
-from wsp.corpus.shards import IMAGE_KEYS, REFERENCE_SUFFIX
+from wsp.corpus.shards import IMAGE_KEYS, INDEX_ARRAYS, INDEX_DIR
 from wsp.data.transforms import CentreCrop, RandomCropFlip, StandardisedOnDevice
 
-Position = tuple[int, int, int]  # (pass, block, item) of a stream: where it goes on
+Position = tuple[int, int, int]  # (pass, block, item) of the item sequence: where it goes on
 START: Position = (0, 0, 0)
+TRACE = ("pass", "block", "item", "sample", "copy", "decoded")  # per trained item, batch by batch
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -61,255 +70,357 @@ def seeded_rng(*key) -> random.Random:
     return random.Random(repr(key))  # str seeds hash deterministically (sha512), unlike hash()
 
 
+def target_of(labels, num_classes: int) -> torch.Tensor:
+    """The paper's target: k-hot normalised to sum 1."""
+    target = torch.zeros(num_classes)
+    target[list(labels)] = 1.0 / len(labels)
+    return target
+
+
 def decode(
     sample: dict, transform, rng: random.Random | None, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image tensor and the paper's target (k-hot normalised to sum 1); raises on any broken part."""
+    """Image tensor and target of a WebDataset sample; raises on any broken part."""
     image_key = next(k for k in IMAGE_KEYS if k in sample)
     with Image.open(io.BytesIO(sample[image_key])) as image:
         pixels = transform(image, rng)
-    labels = json.loads(sample["json"])["labels"]
-    target = torch.zeros(num_classes)
-    target[labels] = 1.0 / len(labels)
-    return pixels, target
+    return pixels, target_of(json.loads(sample["json"])["labels"], num_classes)
 
 
-def shard_samples(url: str):
-    """Samples of one train shard. A reference (`train-*.ref.json`, `corpus.train_images=reference`)
-    yields the labelled samples of the img2dataset tar it names, its labels replacing their json."""
-    if not url.endswith(REFERENCE_SUFFIX):
-        yield from wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": url}])
-        return
-    reference = json.loads(Path(url).read_text())
-    labels = reference["labels"]
-    for sample in wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": reference["shard"]}]):
-        key = sample["__key__"].rpartition("/")[2]
-        if key in labels:  # posts the build dropped, or kept for validation, are not training samples
-            yield {**sample, "json": json.dumps({"labels": labels[key]}).encode()}
+class CorpusIndex:
+    """The corpus's train samples (`<corpus>/index/`, written by the build), memory-mapped: the pages a
+    block needs are read on demand and shared by every process of a machine. Each process maps it
+    anew (nothing of it is pickled to DataLoader workers)."""
+
+    def __init__(self, corpus: Path, shard_names: list[str]):
+        self.corpus = corpus
+        folder = corpus / INDEX_DIR
+        if not (folder / "shards.json").is_file():
+            raise FileNotFoundError(f"data.path={corpus}: no {INDEX_DIR}/shards.json (the train index); the "
+                                    "corpus was built by an older wsp: rebuild it with task=corpus")  # fmt: skip
+        meta = json.loads((folder / "shards.json").read_text())
+        if meta["names"] != shard_names:
+            raise ValueError(f"data.path={corpus}: {INDEX_DIR}/ lists other train shards than sizes.json; "
+                             "rebuild the corpus with task=corpus")  # fmt: skip
+        self.names = meta["names"]
+        self.files = [f if os.path.isabs(f) else str(corpus / f) for f in meta["files"]]
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": None}
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name not in INDEX_ARRAYS:
+            raise AttributeError(name)
+        if self._arrays is None:
+            folder = self.corpus / INDEX_DIR
+            self._arrays = {a: np.load(folder / f"{a}.npy", mmap_mode="r") for a in INDEX_ARRAYS}
+        return self._arrays[name]
+
+    def shard_of(self, samples: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.shard_start, samples, side="right") - 1
 
 
-def copies_of(sample: dict, weights: ImageWeights, n_images: int, rng: random.Random) -> int:
-    """floor(r) or ceil(r) copies, r = w_i * n_images, so a pass keeps its expected size. A sample whose
-    labels cannot be read passes once; the decoder drops and counts it."""
-    try:
-        repeats = weights(json.loads(sample["json"])["labels"]) * n_images
-    except Exception:  # missing or corrupt json
-        repeats = 1.0
-    return int(repeats) + (rng.random() < repeats % 1)
+class ItemSequence:
+    """The training items, pass after pass, as blocks of (sample, copy): what every layout shares."""
+
+    def __init__(self, index: CorpusIndex, weights: ImageWeights, n_images: int, block_shards: int,
+                 run_samples: int, seed: int):  # fmt: skip
+        self.index, self.weights, self.n_images, self.seed = index, weights, n_images, seed
+        self.block_shards, self.run_samples = block_shards, run_samples
+        starts = np.asarray(index.shard_start)
+        self.shards = len(starts) - 1
+        self.runs = max(
+            1, -(-int(np.diff(starts).max(initial=1)) // run_samples)
+        )  # runs of the largest shard
+        self.groups = -(-self.shards // block_shards)
+        self.blocks_per_pass = self.groups * self.runs
+        self._shard_order: tuple[int, np.ndarray] | None = None
+
+    def rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *key])
+
+    def shard_order(self, pass_: int) -> np.ndarray:
+        if self._shard_order is None or self._shard_order[0] != pass_:
+            self._shard_order = (pass_, self.rng(pass_, 0).permutation(self.shards))
+        return self._shard_order[1]
+
+    def samples(self, pass_: int, block: int) -> np.ndarray:
+        """The corpus indices of the samples of one block: run r of each shard of its group."""
+        group, turn = divmod(block, self.runs)
+        run = self.rng(pass_, 1, group).permutation(self.runs)[turn]
+        shards = self.shard_order(pass_)[group * self.block_shards : (group + 1) * self.block_shards]
+        first = self.index.shard_start[shards] + run * self.run_samples
+        end = np.minimum(first + self.run_samples, self.index.shard_start[shards + 1])
+        return np.concatenate([np.arange(a, b) for a, b in zip(first, end, strict=True) if a < b] or [[]])
+
+    def block(self, pass_: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample, copy) of each item of a block, in its order."""
+        samples = self.samples(pass_, block).astype(np.int64)
+        label_start, label_end = self.index.label_start[samples], self.index.label_start[samples + 1]
+        counts = label_end - label_start
+        labels = self.index.labels[np.concatenate([np.arange(a, b) for a, b in zip(label_start, label_end,
+                                                                                  strict=True)] or [[]]).astype(np.int64)]  # fmt: skip
+        owner = np.repeat(np.arange(len(samples)), counts)
+        per_sample = np.bincount(owner, weights=self.weights.per_label[labels], minlength=len(samples))
+        repeats = np.where(counts > 0, per_sample / np.maximum(counts, 1) * self.n_images, 1.0)
+        rng = self.rng(pass_, 2, block)
+        copies = np.floor(repeats).astype(np.int64) + (rng.random(len(samples)) < repeats % 1)
+        spread = rng.random(len(samples))
+        which = np.repeat(np.arange(len(samples)), copies)
+        copy = np.arange(len(which)) - np.repeat(np.cumsum(copies) - copies, copies)
+        order = np.argsort((copy + spread[which]) / copies[which], kind="stable")
+        return samples[which[order]], copy[order]
 
 
-@dataclass
-class Streams:
-    """The virtual streams of a corpus: what every layout shares."""
+class Cursor:
+    """A place in an ItemSequence that moves forward; holds the current block's items only."""
 
-    shards: list[list[str]]  # each stream's shards
-    weights: ImageWeights
-    n_images: int  # the corpus's train size N
-    block_shards: int
-    seed: int
+    def __init__(self, sequence: ItemSequence, position: Position):
+        self.sequence = sequence
+        self.pass_, self.block, self.item = position
+        self._load()
 
-    def plan(self, stream: int, pass_: int) -> list[list[str]]:
-        """Pass `pass_` of `stream`: its shards in a seeded order, in blocks of `block_shards`."""
-        urls = list(self.shards[stream])
-        seeded_rng(self.seed, stream, pass_, "plan").shuffle(urls)
-        return [urls[i : i + self.block_shards] for i in range(0, len(urls), self.block_shards)]
+    def _load(self) -> None:
+        self.samples, self.copies = self.sequence.block(self.pass_, self.block)
 
-    def block(self, stream: int, pass_: int, block: int, urls: list[str]) -> list[dict]:
-        """The items of one block: its samples with their copies, copies of one sample spread evenly."""
-        samples = [sample for url in urls for sample in shard_samples(url)]
-        rng = seeded_rng(self.seed, stream, pass_, block, "repeats")
-        keys = []
-        for index, sample in enumerate(samples):
-            copies, spread = copies_of(sample, self.weights, self.n_images, rng), rng.random()
-            keys.extend(((copy + spread) / copies, index) for copy in range(copies))
-        keys.sort()
-        return [samples[index] for _, index in keys]
+    def _next_block(self) -> None:
+        self.item -= len(self.samples)
+        self.block += 1
+        if self.block == self.sequence.blocks_per_pass:
+            self.pass_, self.block = self.pass_ + 1, 0
+        self._load()
 
-    def items(self, stream: int, position: Position) -> Iterator[tuple[Position, dict, Position]]:
-        """(position, sample, position after it) from `position` on, pass after pass."""
-        pass_, first_block, first_item = position
-        while True:
-            plan, emitted = self.plan(stream, pass_), False
-            for block in range(first_block, len(plan)):
-                order = self.block(stream, pass_, block, plan[block])
-                for item in range(first_item, len(order)):
-                    if item + 1 < len(order):
-                        after = (pass_, block, item + 1)
-                    else:  # the next block's start: a resume there reads no finished block again
-                        after = (pass_, block + 1, 0) if block + 1 < len(plan) else (pass_ + 1, 0, 0)
-                    emitted = True
-                    yield (pass_, block, item), order[item], after
-                first_item = 0
-            if not emitted and position[1:] == (0, 0):
-                raise ValueError(f"no readable samples in shards {self.shards[stream]}")
-            pass_, first_block, position = pass_ + 1, 0, (pass_ + 1, 0, 0)
+    @property
+    def position(self) -> Position:
+        return self.pass_, self.block, self.item
+
+    def advance(self, items: int) -> None:
+        self.item += items
+        while self.item >= len(self.samples):
+            self._next_block()
+
+    def take(self, items: int) -> list[tuple[int, int, int, int, int]]:
+        """(pass, block, item, sample, copy) of the next `items` items."""
+        taken = []
+        while len(taken) < items:
+            while self.item >= len(self.samples):
+                self._next_block()
+            n = min(items - len(taken), len(self.samples) - self.item)
+            span = range(self.item, self.item + n)
+            taken += [(self.pass_, self.block, i, int(self.samples[i]), int(self.copies[i])) for i in span]
+            self.item += n
+        return taken
 
 
-class SlotBatches(IterableDataset):
-    """One rank's training batches, without end. DataLoader worker w plays local slot
-    (w + rotation) % workers; the DataLoader takes batches from its workers in turn."""
+class ImageReader:
+    """Image bytes by (file, offset, size), with the files of recent reads kept open."""
 
-    def __init__(self, streams: Streams, slots: list[list[int]], batch_size: int, transform: RandomCropFlip,
-                 num_classes: int, positions: dict[int, Position], next_stream: list[int], rotation: int):  # fmt: skip
-        self.streams, self.slots, self.batch_size, self.transform = streams, slots, batch_size, transform
-        self.num_classes, self.positions, self.next_stream = num_classes, positions, next_stream
-        self.rotation = rotation
+    def __init__(self, keep: int = 64):
+        self.keep, self.files = keep, {}
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        fd = self.files.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            if len(self.files) >= self.keep:
+                os.close(self.files.pop(next(iter(self.files))))
+        self.files[path] = fd  # most recent last
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"{path}: {len(data)} of {size} bytes at offset {offset}")
+        return data
+
+
+class RankBatches(IterableDataset):
+    """One rank's training batches, without end, from `start` (after `consumed` items): DataLoader
+    worker w makes the rank's batches w, w + W, ...; each carries the position after its global step
+    and every item's trace."""
+
+    def __init__(self, sequence: ItemSequence, start: Position, consumed: int, rank: int, ranks: int,
+                 batch_size: int, transform: RandomCropFlip, num_classes: int):  # fmt: skip
+        self.sequence, self.start, self.consumed = sequence, start, consumed
+        self.rank, self.ranks, self.batch_size = rank, ranks, batch_size
+        self.transform, self.num_classes = transform, num_classes
 
     def __iter__(self):
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        return self._batches((worker + self.rotation) % workers)
+        return self.batches(*((info.id, info.num_workers) if info else (0, 1)))
 
-    def _batches(self, local_slot: int):
-        streams = self.slots[local_slot]
-        items = {v: self.streams.items(v, self.positions.get(v, START)) for v in streams}
-        turn = self.next_stream[local_slot]
-        while True:
-            stream = streams[turn]
-            images, targets, skipped, switch = [], [], 0, False
-            for _ in range(self.batch_size):
-                (pass_, block, item), sample, after = next(items[stream])
-                switch = switch or after[2] == 0  # a block ended: the slot's next stream takes its turn
-                rng = seeded_rng(self.streams.seed, stream, pass_, block, item, "augment")
+    def batches(self, worker: int, workers: int):
+        step_items = self.ranks * self.batch_size
+        cursor, reader, index = Cursor(self.sequence, self.start), ImageReader(), self.sequence.index
+        cursor.advance(worker * step_items + self.rank * self.batch_size)
+        for step in range(worker, 2**62, workers):
+            items = cursor.take(self.batch_size)
+            cursor.advance((self.ranks - 1 - self.rank) * self.batch_size)  # the step's end
+            after = [*cursor.position, self.consumed + (step + 1) * step_items]
+            images, targets, trace = [], [], []
+            for pass_, block, item, sample, copy in items:
+                rng = seeded_rng(self.sequence.seed, pass_, block, item, "augment")
+                labels = index.labels[index.label_start[sample] : index.label_start[sample + 1]]
                 try:
-                    image, target = decode(sample, self.transform, rng, self.num_classes)
-                except Exception:  # corrupt bytes, missing image member, bad json: skip and count
-                    skipped += 1
-                    continue
-                images.append(image)
-                targets.append(target)
+                    shard = int(index.shard_of(np.array([sample]))[0])
+                    data = reader.read(
+                        index.files[shard], int(index.offsets[sample]), int(index.sizes[sample])
+                    )
+                    with Image.open(io.BytesIO(data)) as image:
+                        images.append(self.transform(image, rng))
+                    targets.append(target_of(labels.tolist(), self.num_classes))
+                    decoded = 1
+                except Exception:  # unreadable bytes, a cut file, no labels: skipped and counted
+                    decoded = 0
+                trace.append((pass_, block, item, sample, copy, decoded))
             if not images:  # an empty batch would stall DDP and poison BatchNorm statistics
                 raise ValueError(
-                    f"none of the {self.batch_size} samples of a batch from shards {self.streams.shards[stream]} "
+                    f"none of the {self.batch_size} samples of a batch (pass {items[0][0]}, block {items[0][1]}) "
                     "could be decoded; rebuild the corpus with corpus.verify_images=decode"
                 )
-            if switch:
-                turn = (turn + 1) % len(streams)
-            position = torch.tensor([local_slot, stream, *after, turn])
-            yield torch.stack(images), torch.stack(targets), torch.tensor(skipped), position
+            cursor.advance((workers - 1) * step_items + self.rank * self.batch_size)  # this worker's next
+            yield (torch.stack(images), torch.stack(targets), torch.tensor(len(items) - len(images)),
+                   torch.tensor(after), torch.tensor(trace))  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Ranks x slots per rank; slot g = worker * ranks + rank plays streams v with v % slots == g."""
+class Ledger:
+    """What each model saw: a CSV row per item consumed, one file per rank and run segment, so ranks
+    never share a file and a resume starts files of its own. A resume first drops rows past its
+    checkpoint (rank 0; rows of one file are in step order, so only its tail is read)."""
 
-    ranks: int
-    workers: int  # slots per rank: max(1, data.num_workers)
+    HEADER = "rank,step,pass,block,item,shard,key,copy,decoded\n"
 
-    @property
-    def slots(self) -> int:
-        return self.ranks * self.workers
+    def __init__(self, folder: Path, rank: int, index: CorpusIndex):
+        self.folder, self.rank, self.index = folder, rank, index
+        self.file = None
 
-    def local_slots(self, rank: int, num_streams: int) -> list[list[int]]:
-        """This rank's slots that play a stream, and their streams."""
-        slots = [list(range(w * self.ranks + rank, num_streams, self.slots)) for w in range(self.workers)]
-        return [streams for streams in slots if streams]
+    def record(self, step: int, trace: torch.Tensor) -> None:
+        if self.file is None:  # the segment starts at the first step it records
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.folder / f"rank{self.rank}-step{step:012d}.csv", "w")  # noqa: SIM115
+            self.file.write(self.HEADER)
+        rows = trace.numpy()
+        shards, keys = self.index.shard_of(rows[:, 3]), self.index.keys[rows[:, 3]]
+        self.file.writelines(
+            f"{self.rank},{step},{p},{b},{i},{self.index.names[s]},{k.decode()},{c},{d}\n"
+            for (p, b, i, _, c, d), s, k in zip(rows.tolist(), shards, keys, strict=True)
+        )
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def resume(self, steps: int, was_on: bool) -> None:
+        """Keep the rows of steps < `steps` (the checkpoint's); refuse a ledger that does not reach them."""
+        files = sorted(self.folder.glob("rank*-step*.csv"))
+        last = -1
+        for path in files:
+            first = int(path.stem.rpartition("-step")[2])
+            if first >= steps:  # rows of a later segment, or of this one's earlier attempt
+                path.unlink()
+                continue
+            last = max(last, _truncate_after(path, steps))
+        if was_on and steps > 0 and last != steps - 1:
+            raise ConfigError(f"data.ledger: {self.folder} ends at step {last}, but the checkpoint is at step "
+                              f"{steps}; restore the ledger that belongs to it, or move it away to start anew")  # fmt: skip
+
+
+def _truncate_after(path: Path, steps: int, chunk: int = 1 << 20) -> int:
+    """Cut a ledger file's rows of steps >= `steps`; the last step kept (-1 if none)."""
+    with open(path, "rb+") as file:
+        end = file.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - chunk)
+            file.seek(start)
+            lines = file.read(end - start).split(b"\n")
+            cut = end
+            for line in reversed(lines[1:] if start > 0 else lines):  # lines[0] may be cut by the chunk
+                cut -= len(line) + 1
+                fields = line.split(b",")
+                if len(fields) > 1 and fields[1].isdigit() and int(fields[1]) < steps:
+                    file.truncate(cut + len(line) + 1)
+                    return int(fields[1])
+            end = start + len(lines[0]) if start > 0 else 0
+        file.truncate(len(Ledger.HEADER))
+    return -1
 
 
 class StreamLoader:
-    """One rank's training batches (images, targets, skipped, position), a virtual epoch per iteration.
-    `consumed(position)` records a batch training took; `state_dict` is every stream's position, saved in
+    """One rank's training batches (images, targets, skipped, position, trace), a virtual epoch per
+    iteration. `consumed(...)` records a batch training took; `state_dict` is the position, saved in
     checkpoints by Lightning, and `load_state_dict` restores it, on this layout or another one."""
 
-    def __init__(self, shards: list[str], weights: ImageWeights, n_images: int, *, num_streams: int | None,
-                 block_shards: int, seed: int, rank: int, layout: Layout, num_workers: int, batch_size: int,
-                 batches_per_epoch: int, transform: RandomCropFlip, num_classes: int, identity: dict):  # fmt: skip
-        self.shards, self.weights, self.n_images = shards, weights, n_images
-        self.block_shards, self.seed, self.rank, self.layout = block_shards, seed, rank, layout
-        self.num_workers, self.batch_size, self.batches_per_epoch = num_workers, batch_size, batches_per_epoch
-        self.transform, self.num_classes, self.identity = transform, num_classes, identity
-        self.configured_streams = num_streams
-        self._deal(num_streams or layout.slots)
-        self.positions: dict[int, Position] = {}
-        self.next_stream = [0] * len(self.slots)
-        self.batches_consumed = 0  # on this rank, since the start of training
+    def __init__(self, sequence: ItemSequence, *, rank: int, ranks: int, num_workers: int, batch_size: int,
+                 epoch_images: int, transform: RandomCropFlip, num_classes: int, identity: dict,
+                 ledger: Ledger | None = None):  # fmt: skip
+        self.sequence, self.rank, self.ranks, self.num_workers = sequence, rank, ranks, num_workers
+        self.batch_size, self.epoch_images, self.transform = batch_size, epoch_images, transform
+        self.num_classes, self.identity, self.ledger = num_classes, identity, ledger
+        self.position: Position = START
+        self.items_consumed = 0  # by the job, over every layout it ran on
+        self.steps = 0  # the global step after the last batch consumed
         self._batches: Iterator | None = None  # the workers' batches, kept across virtual epochs
 
-    def _deal(self, num_streams: int) -> None:
-        if num_streams > len(self.shards):
-            unset = self.configured_streams is None
-            origin = f" (unset: {self.layout.ranks} ranks x {self.layout.workers} workers)" if unset else ""
-            raise ValueError(f"data.streams={num_streams}{origin}: more than the corpus's {len(self.shards)} train "
-                             "shards; rebuild with a smaller corpus.shard_size, or use fewer streams")  # fmt: skip
-        if num_streams < self.layout.ranks:
-            raise ValueError(f"data.streams={num_streams} cannot feed {self.layout.ranks} ranks: every rank "
-                             "needs a stream")  # fmt: skip
-        self.num_streams = num_streams
-        self.streams = Streams([self.shards[v::num_streams] for v in range(num_streams)], self.weights,
-                               self.n_images, self.block_shards, self.seed)  # fmt: skip
-        self.slots = self.layout.local_slots(self.rank, num_streams)
+    @property
+    def step_items(self) -> int:
+        return self.ranks * self.batch_size
 
     def _start(self) -> Iterator:
-        """Workers playing every stream from the consumed positions. Batch j since the start of training
-        comes from local slot j % slots: the round-robin goes on where the consumed batches left it."""
-        workers = len(self.slots) if self.num_workers else 0
-        dataset = SlotBatches(self.streams, self.slots, self.batch_size, self.transform, self.num_classes,
-                              dict(self.positions), list(self.next_stream), self.batches_consumed % max(1, workers))  # fmt: skip
-        return iter(DataLoader(dataset, batch_size=None, num_workers=workers))
+        dataset = RankBatches(self.sequence, self.position, self.items_consumed, self.rank, self.ranks,
+                              self.batch_size, self.transform, self.num_classes)  # fmt: skip
+        return self._workers(dataset)
+
+    def _workers(self, dataset: RankBatches) -> Iterator:
+        return iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers))
 
     def __iter__(self):
-        """A virtual epoch. The workers run on from one epoch into the next (prefetching across the
-        boundary); an epoch left unfinished stops them, since they ran ahead of what training consumed."""
+        """A virtual epoch: the steps until `epoch_images` more items are consumed since the last epoch
+        boundary. The workers run on from one epoch into the next (prefetching across the boundary); an
+        epoch left unfinished stops them, since they ran ahead of what training consumed."""
         if self._batches is None:
             self._batches = self._start()
+        end = (self.items_consumed // self.epoch_images + 1) * self.epoch_images
         finished = False
         try:
-            for _ in range(self.batches_per_epoch - self.batches_consumed % self.batches_per_epoch):
+            for _ in range(-(-(end - self.items_consumed) // self.step_items)):
                 yield next(self._batches)
             finished = True
         finally:
             if not finished:
                 self._batches = None
 
-    def consumed(self, position: torch.Tensor) -> None:
-        """Training took the batch that left its stream at `position` (the batch's last element)."""
-        local_slot, stream, pass_, block, item, turn = position.tolist()
-        self.positions[stream] = (pass_, block, item)
-        self.next_stream[local_slot] = turn
-        self.batches_consumed += 1
-
-    def local_state(self) -> dict:
-        return {"positions": {v: list(p) for v, p in self.positions.items()}, "next_stream": self.next_stream,
-                "batches_consumed": self.batches_consumed}  # fmt: skip
+    def consumed(self, after: torch.Tensor, trace: torch.Tensor, step: int) -> None:
+        """Training took the batch whose global step ends at `after`, in global step `step`."""
+        *position, self.items_consumed = after.tolist()
+        self.position, self.steps = tuple(position), step + 1
+        if self.ledger is not None:
+            self.ledger.record(step, trace)
 
     def state_dict(self) -> dict:
-        _, world = _rank_and_world()
-        ranks = [None] * world
-        if world > 1:  # Lightning calls this on every rank; rank 0 writes the checkpoint
-            torch.distributed.all_gather_object(ranks, self.local_state())
-        else:
-            ranks = [self.local_state()]
-        return merged_state(ranks, self.num_streams, self.layout, self.identity)
+        if self.ledger is not None:  # the ledger on disk reaches every checkpoint
+            self.ledger.flush()
+        return {"position": list(self.position), "items_consumed": self.items_consumed, "steps": self.steps,
+                "identity": self.identity, "ledger": self.ledger is not None}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
+        if "position" not in state:
+            raise ConfigError("ckpt_path: the checkpoint's data stream was saved by an older wsp (virtual "
+                              "streams); resume it with that version, or start anew")  # fmt: skip
         for key, value in self.identity.items():
             if state["identity"].get(key) != value:
                 raise ConfigError(
                     f"ckpt_path: the checkpoint's data stream was made with another {key} "
                     f"({state['identity'].get(key)}, not {value}); resume with the settings it was trained with"
                 )
-        saved = state["streams"]
-        if self.configured_streams not in (None, saved):
-            raise ConfigError(f"data.streams={self.configured_streams}: the checkpoint's run has {saved} streams; "
-                              "leave data.streams unset (or set it to that) to resume it")  # fmt: skip
-        self._deal(saved)
         self._batches = None
-        self.positions = {int(v): tuple(p) for v, p in state["positions"].items()}
-        if tuple(state["layout"]) == (self.layout.ranks, self.layout.workers):
-            self.next_stream = list(state["next_stream"][self.rank])  # the same turns: the exact order
-        self.batches_consumed = state["batches_consumed"]
-
-
-def merged_state(ranks: list[dict], num_streams: int, layout: Layout, identity: dict) -> dict:
-    """The job's stream state from each rank's: every stream's position, and the per-rank turns."""
-    return {
-        "streams": num_streams,
-        "layout": [layout.ranks, layout.workers],
-        "identity": identity,
-        "positions": {v: p for rank in ranks for v, p in rank["positions"].items()},
-        "next_stream": [rank["next_stream"] for rank in ranks],
-        "batches_consumed": ranks[0]["batches_consumed"],
-    }
+        self.position, self.items_consumed = tuple(state["position"]), state["items_consumed"]
+        self.steps = state["steps"]
+        if self.ledger is not None and self.rank == 0:
+            self.ledger.resume(self.steps, state["ledger"])
 
 
 class DecodeAndSkip(wds.PipelineStage):
@@ -338,14 +449,20 @@ def collate(batch):
 
 class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
     def __init__(self, path: str, batch_size: int, num_workers: int, image_size: int, resampling: str = "sqrt",
-                 min_scale: float = 0.08, streams: int | None = None, block_shards: int = 2, seed: int = 0,
-                 epoch_images: int | None = None):  # fmt: skip
+                 min_scale: float = 0.08, block_shards: int = 256, run_samples: int = 64, seed: int = 0,
+                 epoch_images: int | None = None, ledger: bool = False, ledger_dir: str | None = None):  # fmt: skip
         super().__init__()
         self.epoch_images = epoch_images
         self.path = Path(path)
         self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
         self.resampling, self.min_scale, self.seed = resampling, min_scale, seed
-        self.streams, self.block_shards = streams, block_shards
+        self.block_shards, self.run_samples = block_shards, run_samples
+        if ledger and not ledger_dir:
+            raise ValueError("data.ledger=true needs a folder to write it to (ledger_dir)")
+        self.ledger_dir = Path(ledger_dir) if ledger else None
+        for name, value in (("data.block_shards", block_shards), ("data.run_samples", run_samples)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name}={value}: must be a whole number >= 1")
         for name in ("sizes.json", "vocab.json"):
             if not (self.path / name).is_file():
                 raise FileNotFoundError(
@@ -361,6 +478,7 @@ class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
         self.val_shards = sorted(s for s in self.sizes if s.startswith("val-"))
         if not self.train_shards:
             raise ValueError(f"data.path={path}: sizes.json lists no train shards")
+        self.index = CorpusIndex(self.path, self.train_shards)
 
     @property
     def num_classes(self) -> int:
@@ -381,29 +499,35 @@ class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
         self.train_loader = self.stream_loader(*_rank_and_world())
         return self.train_loader
 
+    def item_sequence(self) -> ItemSequence:
+        return ItemSequence(self.index, self.weights, self.num_samples("train"), self.block_shards,
+                            self.run_samples, self.seed)  # fmt: skip
+
     def stream_loader(self, rank: int, world: int) -> StreamLoader:
         """The training batches of `rank` of a `world`-rank job."""
-        return StreamLoader(
-            self._urls(self.train_shards), self.weights, self.num_samples("train"), num_streams=self.streams,
-            block_shards=self.block_shards, seed=self.seed, rank=rank, layout=Layout(world, max(1, self.num_workers)),
-            num_workers=self.num_workers, batch_size=self.batch_size,
-            batches_per_epoch=max(1, self.images_per_epoch // (self.batch_size * world)),
-            transform=RandomCropFlip(self.image_size, self.min_scale), num_classes=self.num_classes,
-            identity=self.stream_identity(),
-        )  # fmt: skip
+        ledger = Ledger(self.ledger_dir, rank, self.index) if self.ledger_dir else None
+        return StreamLoader(self.item_sequence(), rank=rank, ranks=world, num_workers=self.num_workers,
+                            batch_size=self.batch_size, epoch_images=self.images_per_epoch,
+                            transform=RandomCropFlip(self.image_size, self.min_scale), num_classes=self.num_classes,
+                            identity=self.stream_identity(), ledger=ledger)  # fmt: skip
 
     def stream_identity(self) -> dict:
-        """What a checkpoint's stream positions are only valid with: the corpus's train shards and sizes,
+        """What a checkpoint's stream position is only valid with: the corpus's train shards and sizes,
         and the settings that order and repeat their samples."""
         shards = json.dumps({name: self.sizes[name] for name in self.train_shards}, sort_keys=True)
         return {"corpus": hashlib.sha1(shards.encode()).hexdigest()[:16], "data.seed": self.seed,
-                "data.resampling": self.resampling, "data.block_shards": self.block_shards}  # fmt: skip
+                "data.resampling": self.resampling, "data.block_shards": self.block_shards,
+                "data.run_samples": self.run_samples}  # fmt: skip
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.training:
-            *batch, position = batch
-            self.train_loader.consumed(position)
+            *batch, after, trace = batch
+            self.train_loader.consumed(after, trace, self.trainer.global_step)
         return batch
+
+    def teardown(self, stage: str) -> None:
+        if getattr(self, "train_loader", None) is not None and self.train_loader.ledger is not None:
+            self.train_loader.ledger.close()
 
     def val_dataloader(self) -> DataLoader:
         if not self.val_shards:

@@ -23,7 +23,7 @@ def make_datamodule(cfg: DictConfig, kinds: tuple[str, ...]) -> pl.LightningData
     args = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "name"}
     try:
         if cfg.data.name == "hashtags":
-            return HashtagDataModule(**args)
+            return HashtagDataModule(**args, ledger_dir=str(Path(cfg.output_dir) / "ledger"))
         args["crop_pct"] = args["crop_pct"] or eval_crop_pct(cfg.model.name)
         return TransferDataModule(cfg.data.name, **args)
     except (FileNotFoundError, ValueError) as err:
