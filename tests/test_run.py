@@ -151,35 +151,76 @@ def test_pretrain_with_ddp_on_two_cpu_processes(tmp_path, corpus_for_runs):
 
 
 @pytest.mark.slow
-def test_a_ddp_run_killed_resumes_on_one_process_and_finishes_its_schedule(tmp_path, corpus_for_runs):
-    """SIGKILL a 2-rank run after its first checkpoint; resume it on 1 rank x 1 worker in the same folder:
-    the streams go on where they stopped, and the run ends at its schedule's images."""
+def test_a_ddp_run_killed_twice_and_resumed_on_other_layouts_trains_on_what_an_uninterrupted_run_does(
+    tmp_path, corpus_for_runs
+):
+    """2 ranks, SIGKILLed after a checkpoint; resumed on 2 ranks and SIGKILLed after the next checkpoint;
+    resumed on 1 rank x 1 worker to the end. Its ledger (every item trained, rows past each checkpoint
+    dropped at the resume) equals an uninterrupted 1-rank run's item by item, and after the 2 -> 1 resume
+    the lr at every step is the uninterrupted run's at the same images: the current global batch's."""
+    import pandas as pd
+
     args = ["task=pretrain", f"data.path={corpus_for_runs}", "task.images=960", "task.checkpoint_every=4",
-            "data.batch_size=16", "data.num_workers=1", "model.image_size=32", "logger=csv", f"hydra.run.dir={tmp_path}"]  # fmt: skip
-    killed_at = kill_after_first_checkpoint(
-        [*args, "trainer=ddp_cpu"], tmp_path / "checkpoints" / "last.ckpt"
+            "data.batch_size=16", "data.num_workers=1", "model.image_size=32", "logger=csv", "data.ledger=true",
+            "trainer.log_every_n_steps=1"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run(*args, "trainer=cpu", f"hydra.run.dir={whole}").returncode == 0
+    last = killed / "checkpoints" / "last.ckpt"
+    first = kill_after_checkpoint(
+        [*args, "trainer=ddp_cpu", f"hydra.run.dir={killed}"], last, killed / "ledger"
     )
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["images_processed"] == killed_at * 32 < 960
-    resumed = run(*args, "trainer=cpu", "ckpt_path=last")
+    second = kill_after_checkpoint(
+        [*args, "trainer=ddp_cpu", f"hydra.run.dir={killed}", "ckpt_path=last"], last, killed / "ledger"
+    )
+    assert 0 < first < second and second * 32 < 960
+    resumed = run(*args, "trainer=cpu", f"hydra.run.dir={killed}", "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((killed / "results.json").read_text())
     assert results["images_processed"] == results["images_scheduled"] == 960
-    assert results["steps"] == killed_at + (960 - killed_at * 32) // 16
+    assert results["steps"] == second + (960 - second * 32) // 16
+
+    def ledger(run_dir):
+        rows = pd.concat([pd.read_csv(f) for f in sorted((run_dir / "ledger").glob("*.csv"))])
+        return rows.sort_values(["pass", "block", "item"]).reset_index(drop=True)
+
+    items = ["pass", "block", "item", "shard", "key", "copy", "decoded"]
+    trained, expected = ledger(killed), ledger(whole)
+    assert len(expected) == 960 and not trained.duplicated(["pass", "block", "item"]).any()
+    pd.testing.assert_frame_equal(trained[items], expected[items])
+    assert sorted(trained["rank"].unique()) == [0, 1]
+
+    def lrs(metrics):
+        frame = pd.read_csv(metrics)
+        return frame["train/lr"].dropna().tolist()
+
+    tail = lrs(max((killed / "csv").glob("resumed-*/metrics.csv")))  # the last resume's (1 rank) log
+    uninterrupted = lrs(whole / "csv" / "metrics.csv")
+    assert tail == pytest.approx(uninterrupted[second * 2 :], rel=1e-6)
 
 
-def kill_after_first_checkpoint(args: list[str], checkpoint: Path) -> int:
-    """Start run.py with `args`, SIGKILL it once `checkpoint` exists; the checkpoint's step."""
+def kill_after_checkpoint(args: list[str], checkpoint: Path, ledger: Path | None = None) -> int:
+    """Start run.py with `args`, SIGKILL it (and the ranks it started) once it writes `checkpoint` anew
+    (and, with `ledger`, once rows past that checkpoint reached the ledger's files); the checkpoint's step."""
+    import os
     import signal
     import time
 
+    def written():
+        return sum(f.stat().st_size for f in ledger.glob("*.csv")) if ledger and ledger.is_dir() else 0
+
+    before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    while not checkpoint.exists() and process.poll() is None:
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    while process.poll() is None and (not checkpoint.exists() or checkpoint.stat().st_mtime_ns == before):
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    saved = written()
+    while ledger and process.poll() is None and written() <= saved:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert checkpoint.exists(), "the run ended before its first checkpoint"
+    assert checkpoint.exists() and checkpoint.stat().st_mtime_ns != before, (
+        "the run ended before a checkpoint"
+    )
     return torch.load(checkpoint, weights_only=True)["global_step"]
 
 
@@ -194,7 +235,7 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, corpus_
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run(*args, f"hydra.run.dir={whole}").returncode == 0
     last = killed / "checkpoints" / "last.ckpt"
-    step = kill_after_first_checkpoint([*args, f"hydra.run.dir={killed}"], last)
+    step = kill_after_checkpoint([*args, f"hydra.run.dir={killed}"], last)
     assert not (killed / "results.json").exists(), "the run finished before it could be killed"
     epoch_steps = json.loads((whole / "results.json").read_text())["steps"] // 3 + 1  # ~2.7 epochs in all
     assert 0 < step < 120 and step % epoch_steps, step  # killed mid-epoch

@@ -238,3 +238,44 @@ def test_an_image_member_named_jpeg_decodes_as_jpg(corpus_dir):
     renamed = {"jpeg" if key == "jpg" else key: value for key, value in sample.items()}
     image, target = decode(renamed, CentreCrop(32), None, 20)
     assert image.shape == (3, 32, 32) and target.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("grouping", ["one_sorted_file", "one_file_per_label"])
+def test_batches_are_as_diverse_as_iid_sampling_whatever_the_input_order(tmp_path, in1k, grouping):
+    """Posts grouped by label (one table sorted by hashtag, or one table per hashtag, as crawls come)
+    built by the real builder into ~3 dozen shards: a batch's mean count of distinct labels is at least
+    90% of what i.i.d. draws from the same resampled distribution give."""
+    import numpy as np
+
+    from tests.conftest import tiny_jpeg
+    from wsp.corpus.build import BuildOptions, build
+    from wsp.corpus.posts import Columns
+
+    labels, per_label, batch = 30, 40, 24
+    (tmp_path / "image.jpg").write_bytes(tiny_jpeg())
+    posts = [{"key": f"{label.name}_{i}", "image": "../image.jpg", "hashtags": [label.name]}
+             for label in in1k.labels[:labels] for i in range(per_label)]  # fmt: skip
+    tables = tmp_path / "posts"
+    tables.mkdir()
+    files = (
+        [posts]
+        if grouping == "one_sorted_file"
+        else [posts[i : i + per_label] for i in range(0, len(posts), per_label)]
+    )
+    for number, rows in enumerate(files):
+        (tables / f"{number:03d}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    corpus = tmp_path / "corpus"
+    build(
+        sorted(tables.glob("*.jsonl")),
+        corpus,
+        in1k,
+        Columns(),
+        BuildOptions(shard_size=per_label, val_fraction=0),
+    )
+    dm = datamodule(corpus, batch_size=batch, image_size=8)
+    assert len(dm.train_shards) >= 30
+    distinct = [len(set(targets.nonzero()[:, 1].tolist())) for _, targets, *_ in dm.train_dataloader()]
+    mass = np.bincount(np.concatenate([dm.index.labels]), minlength=dm.num_classes) * dm.weights.per_label
+    mass = mass / mass.sum()
+    iid = float((1 - (1 - mass) ** batch).sum())  # expected distinct labels among `batch` i.i.d. draws
+    assert np.mean(distinct[:-1]) >= 0.9 * iid, (np.mean(distinct), iid)

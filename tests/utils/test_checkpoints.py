@@ -1,3 +1,5 @@
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,30 @@ def test_checkpoints_replace_the_old_file_whole_or_not_at_all(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         io.save_checkpoint({"step": torch.tensor(3), "bad": Unsaveable()}, path)
     assert io.load_checkpoint(path)["step"] == 2
+
+
+def test_the_rename_is_made_durable_by_an_fsync_of_the_folder(tmp_path, monkeypatch):
+    """The file's data is fsynced before the rename, the folder's entry after it (a power loss keeps the
+    new checkpoint, or the old one). The real calls run; this records what each fsync was on."""
+    calls, fsync, replace = [], os.fsync, os.replace
+
+    def recording_fsync(fd):
+        status = os.fstat(fd)
+        calls.append(("fsync", "folder" if stat.S_ISDIR(status.st_mode) else "file", status.st_ino))
+        fsync(fd)
+
+    def recording_replace(src, dst):
+        calls.append(("replace", Path(src).name, Path(dst).name))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1)}, tmp_path / "last.ckpt")
+    assert calls == [
+        ("fsync", "file", (tmp_path / "last.ckpt").stat().st_ino),
+        ("replace", ".last.ckpt.partial", "last.ckpt"),
+        ("fsync", "folder", tmp_path.stat().st_ino),
+    ]
 
 
 def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path):

@@ -303,6 +303,7 @@ class Ledger:
             f"{self.rank},{step},{p},{b},{i},{self.index.names[s]},{k.decode()},{c},{d}\n"
             for (p, b, i, _, c, d), s, k in zip(rows.tolist(), shards, keys, strict=True)
         )
+        self.file.flush()  # to the OS each step: a killed run's rows are all there for its resume to cut
 
     def flush(self) -> None:
         if self.file is not None:
@@ -320,7 +321,7 @@ class Ledger:
         last = -1
         for path in files:
             first = int(path.stem.rpartition("-step")[2])
-            if first >= steps:  # rows of a later segment, or of this one's earlier attempt
+            if first >= steps:  # a later segment's rows, or an earlier attempt's from this checkpoint
                 path.unlink()
                 continue
             last = max(last, _truncate_after(path, steps))
@@ -419,8 +420,11 @@ class StreamLoader:
         self._batches = None
         self.position, self.items_consumed = tuple(state["position"]), state["items_consumed"]
         self.steps = state["steps"]
-        if self.ledger is not None and self.rank == 0:
-            self.ledger.resume(self.steps, state["ledger"])
+        if self.ledger is not None:
+            if self.rank == 0:
+                self.ledger.resume(self.steps, state["ledger"])
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()  # no rank writes its rows before the old ones are cut
 
 
 class DecodeAndSkip(wds.PipelineStage):

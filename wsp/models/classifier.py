@@ -13,6 +13,7 @@ import torchmetrics
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
+from wsp.config import ConfigError
 from wsp.models.backbones import create_backbone
 from wsp.models.losses import as_distribution, classification_loss, topk_hits
 from wsp.utils.schedule import lr_multiplier, peak_lr
@@ -147,10 +148,24 @@ class Classifier(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        # A resume restores the checkpoint's lr, initial_lr and base_lrs: its peak was for its global batch.
+        peak = peak_lr(self.hparams.optim["base_lr"], self.global_batch_size())
+        scheduler = self.lr_schedulers()
+        scheduler.base_lrs = [peak] * len(scheduler.optimizer.param_groups)
+        for group, multiplier in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"], group["lr"] = peak, peak * multiplier(scheduler.last_epoch)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["images_processed"] = self.images_processed
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "images_processed" not in checkpoint:  # the lr schedule's clock: unknowable without it
+            source = f"ckpt_path={self._trainer.ckpt_path}" if self._trainer else "the checkpoint"
+            raise ConfigError(
+                f"{source}: the checkpoint lacks images_processed (written by another program or an older wsp); "
+                "it cannot be resumed, only its weights loaded (backbone.weights)"
+            )
         self.images_processed = checkpoint["images_processed"]
 
     def global_batch_size(self) -> int:

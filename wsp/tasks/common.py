@@ -12,6 +12,7 @@ from wsp.config import ConfigError, require, require_choice
 from wsp.data.hashtags import HashtagDataModule
 from wsp.data.transfer import LAYOUTS, TransferDataModule
 from wsp.utils.checkpoints import AtomicCheckpointIO, LastCheckpoint
+from wsp.utils.faults import StopJobOnError
 from wsp.utils.throughput import Throughput
 
 TRANSFER = tuple(LAYOUTS)  # the labelled datasets probe and finetune read
@@ -110,7 +111,7 @@ def make_predictor(cfg: DictConfig) -> pl.Trainer:
     logger, no checkpoints, and no sampler injected (the tasks deal each rank its share themselves, so
     no image is padded in twice)."""
     return pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=False,
-                      enable_checkpointing=False, use_distributed_sampler=False,
+                      enable_checkpointing=False, use_distributed_sampler=False, callbacks=[StopJobOnError()],
                       default_root_dir=cfg.output_dir)  # fmt: skip
 
 
@@ -125,7 +126,7 @@ def make_trainer(
         max_steps=max_steps,
         max_epochs=-1,
         logger=loggers,
-        callbacks=[checkpoints, Throughput()],
+        callbacks=[checkpoints, Throughput(), StopJobOnError()],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=cfg.output_dir,
     )

@@ -14,9 +14,19 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from wsp.config import ConfigError
 
 
+def fsync_directory(directory) -> None:
+    """Flush a directory's entries: after a rename into it, the rename itself survives a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a hidden file beside the target, fsync, then rename over it: a process killed mid-write
-    leaves the previous checkpoint intact. Loading a truncated or corrupt file fails in one line."""
+    """Write to a hidden file beside the target, fsync, rename over it, fsync the folder: a process killed
+    (or a machine losing power) mid-write leaves the previous checkpoint intact. Loading a truncated or
+    corrupt file fails in one line."""
 
     def __init__(self):
         super().__init__()
@@ -30,6 +40,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with open(partial, "rb") as file:
             os.fsync(file.fileno())
         os.replace(partial, path)
+        fsync_directory(path.parent)
         self.write_seconds.append(time.perf_counter() - started)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
