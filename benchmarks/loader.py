@@ -34,7 +34,7 @@ def time_pass(loader) -> tuple[int, float]:
     for batch in loader:
         images += len(batch[0])
         if hasattr(loader, "consumed"):  # the hashtag loader: training took the batch
-            loader.consumed(batch[-1])
+            loader.consumed(batch[3], batch[4], loader.steps)
     return images, time.perf_counter() - started
 
 

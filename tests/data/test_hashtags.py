@@ -146,8 +146,8 @@ def test_resume_with_other_settings_or_corpus_is_refused(corpus_dir, tmp_path):
     state = loader.state_dict()
     with pytest.raises(ConfigError, match=r"another data.resampling \(sqrt, not uniform\)"):
         datamodule(corpus_dir, resampling="uniform").train_dataloader().load_state_dict(state)
-    with pytest.raises(ConfigError, match=r"another data.block_shards \(256, not 3\)"):
-        datamodule(corpus_dir, block_shards=3).train_dataloader().load_state_dict(state)
+    with pytest.raises(ConfigError, match=r"another data.block_runs \(1024, not 3\)"):
+        datamodule(corpus_dir, block_runs=3).train_dataloader().load_state_dict(state)
     other = tmp_path / "other"
     write_labelled_corpus(other, ((f"k{i}", JPEG, [i % 3]) for i in range(12)), [6, 6], 3)
     with pytest.raises(
@@ -219,8 +219,8 @@ def test_a_resume_reads_one_block_whatever_the_offset(corpus_dir, monkeypatch):
     blocks = []
     real = ItemSequence.block
     monkeypatch.setattr(ItemSequence, "block", lambda self, *key: (blocks.append(key), real(self, *key))[1])
-    loader = datamodule(corpus_dir, batch_size=4, block_shards=2, run_samples=8).train_dataloader()
-    last = loader.sequence.blocks_per_pass - 1
+    loader = datamodule(corpus_dir, batch_size=4, block_runs=2, run_samples=8).train_dataloader()
+    last = loader.sequence.blocks(3) - 1
     state = {**loader.state_dict(), "position": [3, last, 2], "items_consumed": 10_000, "steps": 2_500}
     loader.load_state_dict(state)
     next(iter(loader))

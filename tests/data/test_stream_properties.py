@@ -51,7 +51,7 @@ def ranks_of(dm: HashtagDataModule, ranks: int, workers: int) -> list[StreamLoad
 corpora = st.fixed_dictionaries({
     "shard_sizes": st.lists(st.integers(1, 25), min_size=1, max_size=10),
     "labels": st.integers(1, 6),
-    "block_shards": st.integers(1, 5),
+    "block_runs": st.integers(1, 5),
     "run_samples": st.integers(1, 9),
     "resampling": st.sampled_from(["natural", "sqrt", "uniform"]),
     "epoch_images": st.integers(5, 60),
@@ -81,7 +81,7 @@ def test_any_layouts_kills_and_resumes_train_on_the_planned_items_once(
                for i in range(sum(corpus["shard_sizes"])))  # fmt: skip
     write_labelled_corpus(root, samples, corpus["shard_sizes"], corpus["labels"])
     dm = HashtagDataModule(str(root), batch_size=data.draw(st.integers(1, 4)), num_workers=0, image_size=8,
-                           resampling=corpus["resampling"], block_shards=corpus["block_shards"],
+                           resampling=corpus["resampling"], block_runs=corpus["block_runs"],
                            run_samples=corpus["run_samples"], seed=seed, epoch_images=corpus["epoch_images"])  # fmt: skip
     trained, state = [], None  # (step, rank, pass, block, item, sample, copy) of each item trained
     for ranks, workers, saves, after_last_save, in_flight in layouts:
@@ -114,7 +114,7 @@ def test_any_layouts_kills_and_resumes_train_on_the_planned_items_once(
     for pass_ in {row[0] for row in in_order[:-1]} - {in_order[-1][0] if in_order else -1}:
         planned = Counter(
             (int(s), int(c))
-            for b in range(sequence.blocks_per_pass)
+            for b in range(sequence.blocks(pass_))
             for s, c in zip(*sequence.block(pass_, b), strict=True)
         )
         assert Counter((row[3], row[4]) for row in in_order if row[0] == pass_) == planned

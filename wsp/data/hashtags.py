@@ -1,13 +1,14 @@
 """The hashtag corpus as a LightningDataModule: WebDataset shards written by `task=corpus`.
 
 Training reads one sequence of items, a deterministic function of the corpus and (data.seed,
-data.resampling, data.block_shards, data.run_samples), whatever the job's layout of ranks and workers:
-- Pass p is a seeded permutation of the train shards, cut into groups of `block_shards` shards. A block
-  is one run of `run_samples` consecutive samples from each shard of a group (run r of every shard of
-  the group; the runs in a seeded order): its samples come from up to `block_shards` places spread over
-  the corpus, so a batch is as diverse as the corpus, whatever order the posts were in when it was built
-  (one file per hashtag, rows sorted by date or user), and a block's metadata is bounded by
-  block_shards x run_samples, whatever the shard size.
+data.resampling, data.block_runs, data.run_samples), whatever the job's layout of ranks and workers:
+- Pass p is a seeded permutation of the train shards, cut into groups of `block_runs` shards. The
+  group's shards are cut into runs of `run_samples` consecutive samples, and the runs, in a seeded
+  order, into blocks of `block_runs` runs. A block's samples come from `block_runs` places spread over
+  the group's shards (a random share of the corpus), so a batch is about as diverse as the corpus,
+  whatever order the posts were in when it was built (one file per hashtag, rows sorted by date or
+  user, img2dataset tars in URL-list order), and a block's metadata is bounded by block_runs x
+  run_samples, whatever the shard size. A pass's plan is O(shards) numbers; a group's, O(its runs).
 - Each sample of a block is repeated floor(r) or ceil(r) times, r = N * w_i (its resampling weight,
   wsp.corpus.sampling), and the items are ordered by the key (k + u) / copies for copy k of a sample (u
   uniform per sample): copies of one image lie evenly spread over the block, len/copies items apart, so a
@@ -124,35 +125,52 @@ class CorpusIndex:
 class ItemSequence:
     """The training items, pass after pass, as blocks of (sample, copy): what every layout shares."""
 
-    def __init__(self, index: CorpusIndex, weights: ImageWeights, n_images: int, block_shards: int,
+    def __init__(self, index: CorpusIndex, weights: ImageWeights, n_images: int, block_runs: int,
                  run_samples: int, seed: int):  # fmt: skip
         self.index, self.weights, self.n_images, self.seed = index, weights, n_images, seed
-        self.block_shards, self.run_samples = block_shards, run_samples
-        starts = np.asarray(index.shard_start)
-        self.shards = len(starts) - 1
-        self.runs = max(
-            1, -(-int(np.diff(starts).max(initial=1)) // run_samples)
-        )  # runs of the largest shard
-        self.groups = -(-self.shards // block_shards)
-        self.blocks_per_pass = self.groups * self.runs
-        self._shard_order: tuple[int, np.ndarray] | None = None
+        self.block_runs, self.run_samples = block_runs, run_samples
+        self.shard_sizes = np.diff(np.asarray(index.shard_start))
+        self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._group: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
 
     def rng(self, *key: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, *key])
 
-    def shard_order(self, pass_: int) -> np.ndarray:
-        if self._shard_order is None or self._shard_order[0] != pass_:
-            self._shard_order = (pass_, self.rng(pass_, 0).permutation(self.shards))
-        return self._shard_order[1]
+    def plan(self, pass_: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pass `pass_`'s shards in their seeded order, and each group's first block (and the pass's end)."""
+        if self._plan is None or self._plan[0] != pass_:
+            order = self.rng(pass_, 0).permutation(len(self.shard_sizes))
+            runs = -(-self.shard_sizes[order] // self.run_samples)
+            group_runs = np.add.reduceat(runs, np.arange(0, len(order), self.block_runs))
+            first_block = np.concatenate([[0], np.cumsum(-(-group_runs // self.block_runs))])
+            self._plan = (pass_, order, first_block)
+        return self._plan[1], self._plan[2]
+
+    def blocks(self, pass_: int) -> int:
+        return int(self.plan(pass_)[1][-1])
+
+    def group_runs(self, pass_: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, run number) of each run of a group's shards, in the group's seeded order (kept while
+        the group's blocks are read: 8 bytes per run, ~5 MB for 1,024 shards of 10,000 samples)."""
+        if self._group is None or self._group[0] != (pass_, group):
+            order, _ = self.plan(pass_)
+            shards = order[group * self.block_runs : (group + 1) * self.block_runs]
+            runs = -(-self.shard_sizes[shards] // self.run_samples)
+            shuffled = self.rng(pass_, 1, group).permutation(int(runs.sum()))
+            run_in_shard = shuffled - np.repeat(np.cumsum(runs) - runs, runs)[shuffled]
+            self._group = ((pass_, group), np.repeat(shards, runs)[shuffled], run_in_shard)
+        return self._group[1], self._group[2]
 
     def samples(self, pass_: int, block: int) -> np.ndarray:
-        """The corpus indices of the samples of one block: run r of each shard of its group."""
-        group, turn = divmod(block, self.runs)
-        run = self.rng(pass_, 1, group).permutation(self.runs)[turn]
-        shards = self.shard_order(pass_)[group * self.block_shards : (group + 1) * self.block_shards]
-        first = self.index.shard_start[shards] + run * self.run_samples
-        end = np.minimum(first + self.run_samples, self.index.shard_start[shards + 1])
-        return np.concatenate([np.arange(a, b) for a, b in zip(first, end, strict=True) if a < b] or [[]])
+        """The corpus indices of the samples of one block: `block_runs` runs of its group's shards."""
+        _, first_block = self.plan(pass_)
+        group = int(np.searchsorted(first_block, block, side="right")) - 1
+        shard, run = self.group_runs(pass_, group)
+        turn = slice((block - int(first_block[group])) * self.block_runs, None)
+        shard, run = shard[turn][: self.block_runs], run[turn][: self.block_runs]
+        first = self.index.shard_start[shard] + run * self.run_samples
+        end = np.minimum(first + self.run_samples, self.index.shard_start[shard + 1])
+        return np.concatenate([np.arange(a, b) for a, b in zip(first, end, strict=True)] or [[]])
 
     def block(self, pass_: int, block: int) -> tuple[np.ndarray, np.ndarray]:
         """(sample, copy) of each item of a block, in its order."""
@@ -187,7 +205,7 @@ class Cursor:
     def _next_block(self) -> None:
         self.item -= len(self.samples)
         self.block += 1
-        if self.block == self.sequence.blocks_per_pass:
+        if self.block == self.sequence.blocks(self.pass_):
             self.pass_, self.block = self.pass_ + 1, 0
         self._load()
 
@@ -453,18 +471,18 @@ def collate(batch):
 
 class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
     def __init__(self, path: str, batch_size: int, num_workers: int, image_size: int, resampling: str = "sqrt",
-                 min_scale: float = 0.08, block_shards: int = 256, run_samples: int = 64, seed: int = 0,
+                 min_scale: float = 0.08, block_runs: int = 1024, run_samples: int = 16, seed: int = 0,
                  epoch_images: int | None = None, ledger: bool = False, ledger_dir: str | None = None):  # fmt: skip
         super().__init__()
         self.epoch_images = epoch_images
         self.path = Path(path)
         self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
         self.resampling, self.min_scale, self.seed = resampling, min_scale, seed
-        self.block_shards, self.run_samples = block_shards, run_samples
+        self.block_runs, self.run_samples = block_runs, run_samples
         if ledger and not ledger_dir:
             raise ValueError("data.ledger=true needs a folder to write it to (ledger_dir)")
         self.ledger_dir = Path(ledger_dir) if ledger else None
-        for name, value in (("data.block_shards", block_shards), ("data.run_samples", run_samples)):
+        for name, value in (("data.block_runs", block_runs), ("data.run_samples", run_samples)):
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name}={value}: must be a whole number >= 1")
         for name in ("sizes.json", "vocab.json"):
@@ -504,7 +522,7 @@ class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
         return self.train_loader
 
     def item_sequence(self) -> ItemSequence:
-        return ItemSequence(self.index, self.weights, self.num_samples("train"), self.block_shards,
+        return ItemSequence(self.index, self.weights, self.num_samples("train"), self.block_runs,
                             self.run_samples, self.seed)  # fmt: skip
 
     def stream_loader(self, rank: int, world: int) -> StreamLoader:
@@ -520,7 +538,7 @@ class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
         and the settings that order and repeat their samples."""
         shards = json.dumps({name: self.sizes[name] for name in self.train_shards}, sort_keys=True)
         return {"corpus": hashlib.sha1(shards.encode()).hexdigest()[:16], "data.seed": self.seed,
-                "data.resampling": self.resampling, "data.block_shards": self.block_shards,
+                "data.resampling": self.resampling, "data.block_runs": self.block_runs,
                 "data.run_samples": self.run_samples}  # fmt: skip
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
