@@ -46,7 +46,7 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, corpus_dir):
     copy = tmp_path / "corpus"
     shutil.copytree(corpus_dir, copy)
     index = datamodule(copy).index
-    first = Path(index.files[0])
+    first = Path(index.file(0))
     data = bytearray(first.read_bytes())
     for sample in range(3):  # the first 3 samples of the first shard
         offset, size = int(index.offsets[sample]), int(index.sizes[sample])
@@ -279,3 +279,53 @@ def test_batches_are_as_diverse_as_iid_sampling_whatever_the_input_order(tmp_pat
     mass = mass / mass.sum()
     iid = float((1 - (1 - mass) ** batch).sum())  # expected distinct labels among `batch` i.i.d. draws
     assert np.mean(distinct[:-1]) >= 0.9 * iid, (np.mean(distinct), iid)
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 20])  # chunks shorter than a row, a few rows, the file
+def test_a_ledger_file_is_cut_after_the_last_complete_row_before_the_checkpoint(tmp_path, chunk):
+    from wsp.data.hashtags import Ledger, _truncate_after
+
+    path = tmp_path / "rank0-step000000000000.csv"
+    rows = [f"0,{step},0,0,{step},train-000000.tar,k{step},0,1\n" for step in range(12)]
+
+    def cut(text: str, steps: int) -> tuple[int, str]:
+        path.write_text(text)
+        return _truncate_after(path, steps, chunk), path.read_text()
+
+    header = Ledger.HEADER
+    assert cut(header + "".join(rows), 6) == (5, header + "".join(rows[:6]))
+    assert cut(header + "".join(rows), 99) == (11, header + "".join(rows))  # nothing past: kept whole
+    assert cut(header + "".join(rows[:9]) + "0,1", 99) == (
+        8,
+        header + "".join(rows[:9]),
+    )  # a row cut by a kill
+    assert cut(header + "".join(rows), 0) == (-1, header)
+    assert cut(header, 3) == (-1, header)
+    assert cut("", 3) == (-1, "")
+    assert cut(header[:10], 3) == (-1, "")  # killed while writing its header
+
+
+def test_post_keys_in_any_script_reach_the_ledger_as_written(tmp_path, in1k):
+    """Keys are UTF-8 in the index; the ledger names each item trained by its shard and key."""
+    import pandas as pd
+
+    from tests.conftest import tiny_jpeg
+    from wsp.corpus.build import BuildOptions, build
+    from wsp.corpus.posts import Columns
+    from wsp.data.hashtags import StreamLoader
+
+    (tmp_path / "image.jpg").write_bytes(tiny_jpeg())
+    keys = ["café", "東京_1", "plain"]
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(
+        "".join(json.dumps({"key": k, "image": "image.jpg", "hashtags": ["tench"]}) + "\n" for k in keys)
+    )
+    build([posts], tmp_path / "corpus", in1k, Columns(), BuildOptions(val_fraction=0))
+    dm = datamodule(tmp_path / "corpus", batch_size=3, image_size=8, resampling="natural", ledger=True,
+                    ledger_dir=str(tmp_path / "ledger"))  # fmt: skip
+    loader: StreamLoader = dm.train_dataloader()
+    for step, (*_, after, trace) in enumerate(loader):
+        loader.consumed(after, trace, step)
+    loader.ledger.close()
+    rows = pd.read_csv(next((tmp_path / "ledger").glob("*.csv")))
+    assert sorted(rows["key"]) == sorted(keys) and set(rows["shard"]) == set(dm.train_shards)

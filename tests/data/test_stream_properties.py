@@ -92,14 +92,14 @@ def test_any_layouts_kills_and_resumes_train_on_the_planned_items_once(
         step = state["steps"] if state else 0
         trained = [row for row in trained if row[0] < step]  # a resume drops what its checkpoint lacks
         epochs = [iter(loader) for loader in loaders]
-        for steps in [*saves, after_last_save]:
+        for segment, steps in enumerate([*saves, after_last_save]):
             for _ in range(steps):
                 for rank, loader in enumerate(loaders):
                     batch = next_batch(loaders, epochs, rank)
                     loader.consumed(batch[3], batch[4], step)
                     trained += [(step, rank, *row[:5]) for row in batch[4].tolist()]
                 step += 1
-            if steps is not after_last_save:
+            if segment < len(saves):  # a checkpoint; the kill comes after the last segment
                 saved = [loader.state_dict() for loader in loaders]
                 assert all(s == saved[0] for s in saved), "every rank holds the one position"
                 state = saved[0]

@@ -341,7 +341,8 @@ class CorpusBuilder:
         return self.work / f"hashtags-{index:05d}.txt"
 
     def _map(self, step: str, indices: list[int]) -> None:
-        todo = [i for i in indices if not self._result_path(step, i).is_file()]
+        todo = [i for i in indices if not self._result_path(step, i).is_file()
+                or (step == "write" and not self._index_path(i).is_file())]  # a unit written by an older wsp  # fmt: skip
         if step == "count":
             jobs = {i: (count_unit, self.inputs[i], self._hashtags_path(i), self.vocabulary, self.columns,
                         self.options) for i in todo}  # fmt: skip
@@ -422,11 +423,11 @@ class CorpusBuilder:
             "source_failures": dict(sorted(source_failures.items())),
             "options": asdict(self.options) | {"exclude": len(self.options.exclude)},
         }
+        write_index(self.output, [self._index_path(i) for i in range(len(self.inputs))])  # before sizes.json
         _write_json(self.output / "vocab.json", vocab_json)
         _write_json(self.output / "sizes.json", sizes)
         _write_json(self.output / "stats.json", stats)
         _write_json(self.output / "_info.json", _timm_info(kept_vocab, sizes))
-        write_index(self.output, [self._index_path(i) for i in range(len(self.inputs))])
         _plot_zipf(frequency, self.output / "zipf.png")
         self._check_error_rate(drops, posts)
         return stats

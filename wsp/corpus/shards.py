@@ -108,7 +108,7 @@ class IndexRows:
         """One unit's rows, written atomically (the unit's write step is done once its result is)."""
         partial = path.with_name(path.name + ".tmp.npz")
         np.savez(partial, names=np.array(self.names, dtype=str), files=np.array(self.files, dtype=str),
-                 counts=np.array(self.counts, dtype=np.int64), keys=np.array(self.keys, dtype=bytes),
+                 counts=np.array(self.counts, dtype=np.int64), keys=_utf8(self.keys),
                  offsets=np.array(self.offsets, dtype=np.int64), sizes=np.array(self.sizes, dtype=np.int64),
                  label_counts=np.array([len(x) for x in self.labels], dtype=np.int64),
                  labels=np.array([label for x in self.labels for label in x], dtype=np.int32))  # fmt: skip
@@ -116,14 +116,22 @@ class IndexRows:
 
 
 INDEX_DIR = "index"  # in a corpus: the train samples' index, arrays memory-mapped by the loader
-INDEX_ARRAYS = ("shard_start", "offsets", "sizes", "label_start", "labels", "keys")
+INDEX_ARRAYS = ("names", "files", "shard_start", "offsets", "sizes", "label_start", "labels", "keys")
+
+
+def _utf8(strings: list[str]) -> np.ndarray:
+    """Fixed-width UTF-8 bytes (numpy's str arrays take 4 bytes a character, and cannot be mapped)."""
+    return np.array([s.encode() for s in strings], dtype=bytes) if strings else np.zeros(0, dtype="S1")
 
 
 def write_index(corpus: Path, units: list[Path]) -> None:
     """Concatenate the units' index rows (in unit order: the train shards' sorted order) into
-    `<corpus>/index/`: `shards.json` (names and files), `shard_start` (each shard's first sample, and the
-    total), `offsets`, `sizes`, `label_start`, `labels`, `keys` as .npy files. Two passes over the units,
-    one in memory at a time: the index of billions of samples is written, never held."""
+    `<corpus>/index/`, .npy files: per shard `names` (as sizes.json lists them) and `files` (the tar holding
+    its images: its own name, or an input tar's absolute path), UTF-8; `shard_start` (each shard's first
+    sample, and the total); per sample `offsets`, `sizes`, `label_start` (and the total), `labels`, `keys`.
+    Two passes over the units, one in memory at a time: the index of billions of samples is written,
+    never held. The arrays are replaced one by one: the build writes sizes.json after them, and the loader
+    checks the index's shards and sizes against it."""
     names, files, samples, labels, key_bytes = [], [], 0, 0, 1
     for unit in units:
         with np.load(unit) as part:
@@ -154,7 +162,9 @@ def write_index(corpus: Path, units: list[Path]) -> None:
         array.flush()
         del array
         os.replace(out / f"{name}.npy.tmp", out / f"{name}.npy")
-    (out / "shards.json").write_text(json.dumps({"names": names, "files": files}))
+    for name, strings in (("names", names), ("files", files)):
+        np.save(out / f"{name}.npy.tmp.npy", _utf8(strings))
+        os.replace(out / f"{name}.npy.tmp.npy", out / f"{name}.npy")
 
 
 def reference_rows(name: str, shard: Path, labels: dict[str, list[int]]) -> IndexRows:

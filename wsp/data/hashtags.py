@@ -11,8 +11,8 @@ data.resampling, data.block_runs, data.run_samples), whatever the job's layout o
   run_samples, whatever the shard size. A pass's plan is O(shards) numbers; a group's, O(its runs).
 - Each sample of a block is repeated floor(r) or ceil(r) times, r = N * w_i (its resampling weight,
   wsp.corpus.sampling), and the items are ordered by the key (k + u) / copies for copy k of a sample (u
-  uniform per sample): copies of one image lie evenly spread over the block, len/copies items apart, so a
-  sample repeats within a batch only if it has more than len/batch copies.
+  uniform per sample): copies of one image lie evenly spread over the block, about len/copies items
+  apart, so a sample rarely repeats within a batch unless it has about len/batch copies or more.
 - Blocks are ordered from the corpus index alone (labels and byte offsets written at build time,
   memory-mapped); an image's bytes are read by offset when its item is decoded.
 - A sample's crop and flip are seeded by (seed, pass, block, item): by its place in the sequence.
@@ -93,19 +93,17 @@ class CorpusIndex:
     block needs are read on demand and shared by every process of a machine. Each process maps it
     anew (nothing of it is pickled to DataLoader workers)."""
 
-    def __init__(self, corpus: Path, shard_names: list[str]):
-        self.corpus = corpus
-        folder = corpus / INDEX_DIR
-        if not (folder / "shards.json").is_file():
-            raise FileNotFoundError(f"data.path={corpus}: no {INDEX_DIR}/shards.json (the train index); the "
-                                    "corpus was built by an older wsp: rebuild it with task=corpus")  # fmt: skip
-        meta = json.loads((folder / "shards.json").read_text())
-        if meta["names"] != shard_names:
-            raise ValueError(f"data.path={corpus}: {INDEX_DIR}/ lists other train shards than sizes.json; "
-                             "rebuild the corpus with task=corpus")  # fmt: skip
-        self.names = meta["names"]
-        self.files = [f if os.path.isabs(f) else str(corpus / f) for f in meta["files"]]
-        self._arrays: dict[str, np.ndarray] | None = None
+    def __init__(self, corpus: Path, shard_sizes: dict[str, int]):
+        self.corpus, self._arrays = corpus, None
+        if not (corpus / INDEX_DIR / "shard_start.npy").is_file():
+            raise FileNotFoundError(f"data.path={corpus}: no {INDEX_DIR}/ (the train index); the corpus was "
+                                    "built by an older wsp: rebuild it with task=corpus")  # fmt: skip
+        names = [name.decode() for name in self.names]
+        if names != list(shard_sizes) or not np.array_equal(
+            np.diff(self.shard_start), list(shard_sizes.values())
+        ):
+            raise ValueError(f"data.path={corpus}: {INDEX_DIR}/ lists other train shards or sizes than "
+                             "sizes.json; rebuild the corpus with task=corpus")  # fmt: skip
 
     def __getstate__(self):
         return {**self.__dict__, "_arrays": None}
@@ -120,6 +118,16 @@ class CorpusIndex:
 
     def shard_of(self, samples: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.shard_start, samples, side="right") - 1
+
+    def file(self, shard: int) -> str:
+        path = self.files[shard].decode()
+        return path if os.path.isabs(path) else str(self.corpus / path)
+
+
+def spans(first: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """The concatenated ranges [first_i, end_i), without a Python loop."""
+    lengths = np.maximum(end - first, 0)
+    return np.repeat(first - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
 
 
 class ItemSequence:
@@ -150,8 +158,9 @@ class ItemSequence:
         return int(self.plan(pass_)[1][-1])
 
     def group_runs(self, pass_: int, group: int) -> tuple[np.ndarray, np.ndarray]:
-        """(shard, run number) of each run of a group's shards, in the group's seeded order (kept while
-        the group's blocks are read: 8 bytes per run, ~5 MB for 1,024 shards of 10,000 samples)."""
+        """(shard, run number) of each run of a group's shards, in the group's seeded order, kept while
+        the group's blocks are read: 16 bytes per run, 10 MB for 1,024 shards of 10,000 samples (the one
+        share of a worker's memory that grows with the shard size)."""
         if self._group is None or self._group[0] != (pass_, group):
             order, _ = self.plan(pass_)
             shards = order[group * self.block_runs : (group + 1) * self.block_runs]
@@ -170,15 +179,14 @@ class ItemSequence:
         shard, run = shard[turn][: self.block_runs], run[turn][: self.block_runs]
         first = self.index.shard_start[shard] + run * self.run_samples
         end = np.minimum(first + self.run_samples, self.index.shard_start[shard + 1])
-        return np.concatenate([np.arange(a, b) for a, b in zip(first, end, strict=True)] or [[]])
+        return spans(first, end)
 
     def block(self, pass_: int, block: int) -> tuple[np.ndarray, np.ndarray]:
         """(sample, copy) of each item of a block, in its order."""
         samples = self.samples(pass_, block).astype(np.int64)
         label_start, label_end = self.index.label_start[samples], self.index.label_start[samples + 1]
         counts = label_end - label_start
-        labels = self.index.labels[np.concatenate([np.arange(a, b) for a, b in zip(label_start, label_end,
-                                                                                  strict=True)] or [[]]).astype(np.int64)]  # fmt: skip
+        labels = self.index.labels[spans(label_start, label_end)]
         owner = np.repeat(np.arange(len(samples)), counts)
         per_sample = np.bincount(owner, weights=self.weights.per_label[labels], minlength=len(samples))
         repeats = np.where(counts > 0, per_sample / np.maximum(counts, 1) * self.n_images, 1.0)
@@ -197,6 +205,7 @@ class Cursor:
     def __init__(self, sequence: ItemSequence, position: Position):
         self.sequence = sequence
         self.pass_, self.block, self.item = position
+        self.empty_blocks = 0  # in a row: a whole pass of them is a corpus with nothing to train on
         self._load()
 
     def _load(self) -> None:
@@ -205,9 +214,13 @@ class Cursor:
     def _next_block(self) -> None:
         self.item -= len(self.samples)
         self.block += 1
-        if self.block == self.sequence.blocks(self.pass_):
+        if self.block >= self.sequence.blocks(self.pass_):
+            if self.empty_blocks >= self.sequence.blocks(self.pass_):
+                raise ValueError(f"pass {self.pass_} of the train stream has no item: no train sample has a "
+                                 "sampling weight (labels all absent from vocab.json's frequencies?)")  # fmt: skip
             self.pass_, self.block = self.pass_ + 1, 0
         self._load()
+        self.empty_blocks = self.empty_blocks + 1 if len(self.samples) == 0 else 0
 
     @property
     def position(self) -> Position:
@@ -280,7 +293,7 @@ class RankBatches(IterableDataset):
                 try:
                     shard = int(index.shard_of(np.array([sample]))[0])
                     data = reader.read(
-                        index.files[shard], int(index.offsets[sample]), int(index.sizes[sample])
+                        index.file(shard), int(index.offsets[sample]), int(index.sizes[sample])
                     )
                     with Image.open(io.BytesIO(data)) as image:
                         images.append(self.transform(image, rng))
@@ -318,7 +331,7 @@ class Ledger:
         rows = trace.numpy()
         shards, keys = self.index.shard_of(rows[:, 3]), self.index.keys[rows[:, 3]]
         self.file.writelines(
-            f"{self.rank},{step},{p},{b},{i},{self.index.names[s]},{k.decode()},{c},{d}\n"
+            f"{self.rank},{step},{p},{b},{i},{self.index.names[s].decode()},{k.decode()},{c},{d}\n"
             for (p, b, i, _, c, d), s, k in zip(rows.tolist(), shards, keys, strict=True)
         )
         self.file.flush()  # to the OS each step: a killed run's rows are all there for its resume to cut
@@ -332,6 +345,14 @@ class Ledger:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+    def start_fresh(self, ranks: int) -> None:
+        """A run with no checkpoint: the rows of an earlier attempt (killed before its first checkpoint,
+        maybe on more ranks) go. The files this run's ranks open at step 0 they truncate themselves."""
+        mine = {f"rank{rank}-step{0:012d}.csv" for rank in range(ranks)}
+        for path in self.folder.glob("rank*-step*.csv"):
+            if path.name not in mine:
+                path.unlink()
 
     def resume(self, steps: int, was_on: bool) -> None:
         """Keep the rows of steps < `steps` (the checkpoint's); refuse a ledger that does not reach them."""
@@ -349,23 +370,38 @@ class Ledger:
 
 
 def _truncate_after(path: Path, steps: int, chunk: int = 1 << 20) -> int:
-    """Cut a ledger file's rows of steps >= `steps`; the last step kept (-1 if none)."""
+    """Cut a ledger file after its last complete row of a step < `steps` (rows are in step order, so
+    only the tail is read); the last step kept, -1 if none. A row cut by a kill is no row."""
     with open(path, "rb+") as file:
-        end = file.seek(0, os.SEEK_END)
-        while end > 0:
-            start = max(0, end - chunk)
-            file.seek(start)
-            lines = file.read(end - start).split(b"\n")
-            cut = end
-            for line in reversed(lines[1:] if start > 0 else lines):  # lines[0] may be cut by the chunk
-                cut -= len(line) + 1
-                fields = line.split(b",")
-                if len(fields) > 1 and fields[1].isdigit() and int(fields[1]) < steps:
-                    file.truncate(cut + len(line) + 1)
-                    return int(fields[1])
-            end = start + len(lines[0]) if start > 0 else 0
-        file.truncate(len(Ledger.HEADER))
+        for end, line in _lines_backwards(file, chunk):
+            fields = line.rstrip(b"\n").split(b",")
+            complete = line.endswith(b"\n") and len(fields) == Ledger.HEADER.count(",") + 1
+            if complete and fields[1].isdigit() and int(fields[1]) < steps:
+                file.truncate(end)
+                return int(fields[1])
+            if line == Ledger.HEADER.encode():
+                file.truncate(end)
+                return -1
+        file.truncate(0)  # not even a header: a file cut before its first row
     return -1
+
+
+def _lines_backwards(file, chunk: int):
+    """(offset just past it, line with its newline) of each line of a file, last first."""
+    pos, buffer = file.seek(0, os.SEEK_END), b""
+    while True:
+        cut = buffer.rfind(b"\n", 0, len(buffer) - 1)  # the newline ending the line before the last
+        if cut >= 0:
+            yield pos + len(buffer), buffer[cut + 1 :]
+            buffer = buffer[: cut + 1]
+        elif pos > 0:
+            start = max(0, pos - chunk)
+            file.seek(start)
+            buffer, pos = file.read(pos - start) + buffer, start
+        else:
+            if buffer:
+                yield len(buffer), buffer
+            return
 
 
 class StreamLoader:
@@ -383,6 +419,7 @@ class StreamLoader:
         self.items_consumed = 0  # by the job, over every layout it ran on
         self.steps = 0  # the global step after the last batch consumed
         self._batches: Iterator | None = None  # the workers' batches, kept across virtual epochs
+        self._resumed = False  # from a checkpoint (else a fresh start: an earlier attempt's ledger goes)
 
     @property
     def step_items(self) -> int:
@@ -401,6 +438,8 @@ class StreamLoader:
         boundary. The workers run on from one epoch into the next (prefetching across the boundary); an
         epoch left unfinished stops them, since they ran ahead of what training consumed."""
         if self._batches is None:
+            if self.ledger is not None and self.rank == 0 and not self._resumed:
+                self.ledger.start_fresh(self.ranks)
             self._batches = self._start()
         end = (self.items_consumed // self.epoch_images + 1) * self.epoch_images
         finished = False
@@ -435,7 +474,7 @@ class StreamLoader:
                     f"ckpt_path: the checkpoint's data stream was made with another {key} "
                     f"({state['identity'].get(key)}, not {value}); resume with the settings it was trained with"
                 )
-        self._batches = None
+        self._batches, self._resumed = None, True
         self.position, self.items_consumed = tuple(state["position"]), state["items_consumed"]
         self.steps = state["steps"]
         if self.ledger is not None:
@@ -500,7 +539,7 @@ class HashtagDataModule(StandardisedOnDevice, pl.LightningDataModule):
         self.val_shards = sorted(s for s in self.sizes if s.startswith("val-"))
         if not self.train_shards:
             raise ValueError(f"data.path={path}: sizes.json lists no train shards")
-        self.index = CorpusIndex(self.path, self.train_shards)
+        self.index = CorpusIndex(self.path, {name: self.sizes[name] for name in self.train_shards})
 
     @property
     def num_classes(self) -> int:
