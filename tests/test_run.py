@@ -246,11 +246,11 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, corpus_
     expected, got = load_file(whole / "backbone.safetensors"), load_file(killed / "backbone.safetensors")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
-    def streams(run_dir):  # where training left every data stream: the samples seen
+    def stream_position(run_dir):  # where training left the data stream: the items consumed
         state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["loops"]["fit_loop"]
         return state["state_dict"]["combined_loader"]
 
-    assert streams(killed) == streams(whole)
+    assert stream_position(killed) == stream_position(whole)
 
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])

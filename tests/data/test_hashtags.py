@@ -329,3 +329,23 @@ def test_post_keys_in_any_script_reach_the_ledger_as_written(tmp_path, in1k):
     loader.ledger.close()
     rows = pd.read_csv(next((tmp_path / "ledger").glob("*.csv")))
     assert sorted(rows["key"]) == sorted(keys) and set(rows["shard"]) == set(dm.train_shards)
+
+
+def test_a_ledger_that_does_not_reach_its_checkpoint_is_refused_and_a_fresh_start_clears_it(
+    corpus_dir, tmp_path
+):
+    ledger = tmp_path / "ledger"
+
+    def loader():
+        return datamodule(corpus_dir, batch_size=4, ledger=True, ledger_dir=str(ledger)).train_dataloader()
+
+    first = loader()
+    train(first, batches=3)
+    state = first.state_dict()
+    assert state["steps"] == 3 and state["ledger"]
+    (ledger / "rank7-step000000000000.csv").write_text("stale")  # an earlier attempt on 8 ranks
+    fresh = loader()
+    train(fresh, batches=1)  # no checkpoint: a fresh start
+    assert sorted(p.name for p in ledger.iterdir()) == ["rank0-step000000000000.csv"]
+    with pytest.raises(ConfigError, match=r"data.ledger: .* ends at step 0, but the checkpoint is at step 3"):
+        loader().load_state_dict(state)
