@@ -140,7 +140,7 @@ def diversity(
                 rows.add_sample(f"s{i}", 0, 0, [int(labels[i])])
         rows.save(root / "rows.npz")
         write_index(root, [root / "rows.npz"])
-        index = CorpusIndex(root, rows.names)
+        index = CorpusIndex(root, dict(zip(rows.names, rows.counts, strict=True)))
         counts = np.bincount(labels, minlength=LABELS).astype(float)
         weights = ImageWeights(counts, "sqrt")
         sequence = ItemSequence(index, weights, samples, 1024, 16, seed=0)  # the defaults (conf/data)
