@@ -11,8 +11,9 @@ order (a posts table sorted by hashtag gives the builder's shards this order), i
 10,000 samples (the builder's default and img2dataset's). For each:
 - resume: a fresh process builds the DataModule, restores a position 1%, 50% or 99% into a pass, and takes
   its first batch; seconds from process start (imports included), best of `--repeats`;
-- block-end stall: one worker's batches (num_workers=0, batch 32, 224px crops) timed one by one; the
-  batches whose items open a new block against the median batch;
+- block-end stall: one worker's batches (num_workers=0, batch 32, 224px crops) timed one by one around
+  each of 3 block ends (resumed just before them); the batches whose items open a new block against the
+  median batch;
 - peak RSS of each of `--workers` DataLoader workers (VmHWM) after `--batches` batches, and of the main
   process;
 - batch diversity: mean distinct labels per batch of 24 over a pass, against i.i.d. draws from the same
@@ -83,19 +84,25 @@ def resume_times(corpus: Path, repeats: int) -> dict[float, float]:
     return times
 
 
-def block_end_stall(corpus: Path, batches: int) -> tuple[float, float, int]:
-    """(median batch seconds, median seconds of batches that open a block, blocks opened) of one worker."""
+def block_end_stall(corpus: Path, blocks: int = 3, batches: int = 8) -> tuple[float, float]:
+    """(median batch seconds, median seconds of the batches that open a block) of one worker, resumed a few
+    batches before each of the first `blocks` block ends."""
+    plain, opening = [], []
     loader = datamodule(str(corpus), 0, epoch_images=10**9).train_dataloader()
-    plain, opening, stream = [], [], iter(loader)
-    last = time.perf_counter()
-    for step in range(batches):
-        batch = next(stream)
-        now = time.perf_counter()
-        if step:  # the first includes start-up
-            (opening if (batch[4][:, 2] == 0).any() else plain).append(now - last)
-        loader.consumed(batch[3], batch[4], step)
-        last = now
-    return statistics.median(plain), statistics.median(opening) if opening else float("nan"), len(opening)
+    for block in range(blocks):
+        end = len(loader.sequence.block(0, block)[0])
+        loader.load_state_dict(
+            {**loader.state_dict(), "position": [0, block, end - (batches // 2) * BATCH - 5]}
+        )
+        stream, last = iter(loader), time.perf_counter()
+        for step in range(batches):
+            batch = next(stream)
+            now = time.perf_counter()
+            if step:  # the first includes the resume
+                (opening if (batch[4][:, 2] == 0).any() else plain).append(now - last)
+            loader.consumed(batch[3], batch[4], step)
+            last = now
+    return statistics.median(plain), statistics.median(opening)
 
 
 def peak_rss(corpus: Path, workers: int, batches: int) -> tuple[list[float], float]:
@@ -195,8 +202,8 @@ def main() -> None:
             print("| resumed at | s from process start to the first batch |\n|---|---|")
             for fraction, seconds in times.items():
                 print(f"| {fraction:.0%} of a pass | {seconds:.2f} |")
-            batch_s, opening_s, blocks = block_end_stall(root, args.batches)
-            print(f"one worker: median batch {1000 * batch_s:.0f} ms; batches opening a block ({blocks}): median "
+            batch_s, opening_s = block_end_stall(root)
+            print(f"one worker: median batch {1000 * batch_s:.0f} ms; the batches opening a block: median "
                   f"{1000 * opening_s:.0f} ms ({opening_s / batch_s:.2f}x)")  # fmt: skip
             workers, main_rss = peak_rss(root, args.workers, args.batches)
             print(

@@ -58,7 +58,6 @@ from wsp.data.transforms import CentreCrop, RandomCropFlip, StandardisedOnDevice
 
 Position = tuple[int, int, int]  # (pass, block, item) of the item sequence: where it goes on
 START: Position = (0, 0, 0)
-TRACE = ("pass", "block", "item", "sample", "copy", "decoded")  # per trained item, batch by batch
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -265,8 +264,9 @@ class ImageReader:
 
 class RankBatches(IterableDataset):
     """One rank's training batches, without end, from `start` (after `consumed` items): DataLoader
-    worker w makes the rank's batches w, w + W, ...; each carries the position after its global step
-    and every item's trace."""
+    worker w makes the rank's batches w, w + W, ...; each is (images, targets, skipped, the position
+    after its global step with the items consumed then, and a row per item: pass, block, item, sample,
+    copy, decoded)."""
 
     def __init__(self, sequence: ItemSequence, start: Position, consumed: int, rank: int, ranks: int,
                  batch_size: int, transform: RandomCropFlip, num_classes: int):  # fmt: skip
