@@ -160,7 +160,6 @@ def write_index(corpus: Path, units: list[Path]) -> None:
             shard, sample, label = shard + len(counts), sample + n, label + k
     for name, array in arrays.items():
         array.flush()
-        del array
         os.replace(out / f"{name}.npy.tmp", out / f"{name}.npy")
     for name, strings in (("names", names), ("files", files)):
         np.save(out / f"{name}.npy.tmp.npy", _utf8(strings))

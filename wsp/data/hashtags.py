@@ -287,11 +287,13 @@ class RankBatches(IterableDataset):
             cursor.advance((self.ranks - 1 - self.rank) * self.batch_size)  # the step's end
             after = [*cursor.position, self.consumed + (step + 1) * step_items]
             images, targets, trace = [], [], []
-            for pass_, block, item, sample, copy in items:
+            shards = index.shard_of(
+                np.array([sample for *_, sample, _ in items])
+            ).tolist()  # one lookup a batch
+            for (pass_, block, item, sample, copy), shard in zip(items, shards, strict=True):
                 rng = seeded_rng(self.sequence.seed, pass_, block, item, "augment")
                 labels = index.labels[index.label_start[sample] : index.label_start[sample + 1]]
                 try:
-                    shard = int(index.shard_of(np.array([sample]))[0])
                     data = reader.read(
                         index.file(shard), int(index.offsets[sample]), int(index.sizes[sample])
                     )
@@ -305,7 +307,8 @@ class RankBatches(IterableDataset):
             if not images:  # an empty batch would stall DDP and poison BatchNorm statistics
                 raise ValueError(
                     f"none of the {self.batch_size} samples of a batch (pass {items[0][0]}, block {items[0][1]}) "
-                    "could be decoded; rebuild the corpus with corpus.verify_images=decode"
+                    "could be read and decoded: are its tars where the index says (a moved reference-mode input)? "
+                    "else rebuild the corpus with corpus.verify_images=decode"
                 )
             cursor.advance((workers - 1) * step_items + self.rank * self.batch_size)  # this worker's next
             yield (torch.stack(images), torch.stack(targets), torch.tensor(len(items) - len(images)),
