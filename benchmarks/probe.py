@@ -18,9 +18,23 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+
+class Unnamed(Sequence):
+    """The (path, label) list `close_split` names an unreadable image from; synthetic features have none."""
+
+    def __init__(self, images: int):
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images
+
+    def __getitem__(self, i):
+        return f"synthetic image {i}", 0
 
 
 def write_features(folder: Path, split: str, images: int, centres: torch.Tensor, noise: float,
@@ -33,11 +47,23 @@ def write_features(folder: Path, split: str, images: int, centres: torch.Tensor,
         labels = torch.randint(len(centres), (n,), generator=generator)
         x = (centres[labels] + noise * torch.randn(n, centres.shape[1], generator=generator)).relu_()
         write_shard(folder / shard_name(split, j), {"res5": x}, labels, torch.arange(start, start + n))
-    close_split(folder, split, images, shard_images)
+    close_split(folder, split, Unnamed(images), "synthetic", shard_images, max_unreadable=0.0)
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def rss_gb(field: str = "VmRSS") -> float:
+    """The process's resident memory now (VmRSS) or its peak since the last `reset_peak` (VmHWM)."""
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
+    return kib / 2**20
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
 
 
 def main() -> None:
@@ -53,7 +79,11 @@ def main() -> None:
     parser.add_argument("--l2", type=float, nargs="+", default=[1e-4, 1e-3])
     parser.add_argument("--max-iter", type=int, default=10, help="L-BFGS iterations per fit")
     parser.add_argument("--matmul-dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    parser.add_argument("--subsample", type=int, default=50_000, help="rows for the scikit-learn comparison")
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-4, help="the fits' gradient tolerance (task.tolerance)"
+    )
+    parser.add_argument("--subsample", type=int, default=50_000,
+                        help="rows for the scikit-learn comparison (0: skip it)")  # fmt: skip
     parser.add_argument("--folder", help="keep the features here (reused when present) instead of a temp dir")
     args = parser.parse_args()
 
@@ -79,21 +109,36 @@ def main() -> None:
             )
             write_features(folder, "train", args.images, centres, 1.0, args.shard_images, seed=1)
             write_features(folder, "val", args.val_images, centres, 1.0, args.shard_images, seed=2)
+        rss_closed = rss_gb()
         train, val = FeatureSet(folder, "train"), FeatureSet(folder, "val")
+        per_image = (rss_gb() - rss_closed) * 2**30 / (len(train) + len(val))
         gigabytes = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9
         print(f"features: {len(train):,} train + {len(val):,} val x {args.dims} (fp16, {gigabytes:.1f} GB in "
               f"{len(train.shards) + len(val.shards)} shards), {args.classes} classes; "
               f"{time.perf_counter() - started:.0f} s to write or open")  # fmt: skip
-        rss_before = peak_rss_gb()
+        rss_before = rss_gb()
+        reset_peak()
+        print(f"opening the splits (labels, indices): {per_image:.1f} bytes per image")
 
         started = time.perf_counter()
-        probe, scores = select_and_fit(StageFeatures(train, "res5"), args.classes, args.l2, 0.2, seed=0,
-                                       max_iter=args.max_iter, matmul_dtype=dtype)  # fmt: skip
+        probe, scores, fits = select_and_fit(StageFeatures(train, "res5"), args.classes, args.l2, 0.2, seed=0,
+                                             max_iter=args.max_iter, matmul_dtype=dtype,
+                                             tolerance=args.tolerance)  # fmt: skip
         fit_s = time.perf_counter() - started
         top1 = accuracy(probe, StageFeatures(val, "res5"), k=1)
         print(f"wsp probe ({args.matmul_dtype} products, {torch.get_num_threads()} threads): sweep "
               f"{ {k: round(v, 2) for k, v in scores.items()} } -> l2={probe.l2:g}, val top-1 {top1:.2f}%, "
-              f"{fit_s / 60:.1f} min, peak RSS {peak_rss_gb():.2f} GB (before the fit {rss_before:.2f} GB)")  # fmt: skip
+              f"{fit_s / 60:.1f} min; RSS {rss_before:.3f} GiB before the fit, {rss_gb('VmHWM'):.3f} GiB at its peak "
+              "(the per-image part: the slope between two sizes)")  # fmt: skip
+        print(
+            "| fit | l2 | iterations | objective | largest gradient entry | converged |\n|---|---|---|---|---|---|"
+        )
+        for name, end in fits.items():
+            l2 = probe.l2 if name == "refit" else name
+            print(f"| {'refit on all rows' if name == 'refit' else 'sweep'} | {l2:g} | {end.iterations} | "
+                  f"{end.objective:.5f} | {end.grad_max:.1e} | {end.converged} |")  # fmt: skip
+        if not args.subsample:
+            return
 
         # the same l2 on a subsample, by wsp and by scikit-learn, scored on the same val split
         rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.subsample]
@@ -104,7 +149,8 @@ def main() -> None:
         y = train.labels[rows]
         vx = val.load("res5")
         started = time.perf_counter()
-        ours = fit_logistic_regression(InMemoryFeatures(x, y), args.classes, probe.l2, max_iter=200)
+        ours = fit_logistic_regression(InMemoryFeatures(x, y), args.classes, probe.l2, max_iter=200,
+                                       tolerance=args.tolerance)  # fmt: skip
         ours_top1, ours_s = (
             accuracy(ours, InMemoryFeatures(vx, val.labels), k=1),
             time.perf_counter() - started,

@@ -84,9 +84,11 @@ def test_imagenet_flat_val_with_the_devkits_ground_truth(tmp_path):
     assert [label for _, label in labelled.imagenet(tmp_path).val] == [5, 0, 998, 5]
 
 
-def test_imagenet_k_holds_out_fifty_per_class_deterministically(tmp_path):
+def test_imagenet_k_without_a_wnid_file_chooses_by_count_and_writes_the_choice_to_pin(tmp_path, caplog):
+    from wsp.hashtags.vocab import build_vocabulary
+
     source = put(tmp_path / "source.jpg")
-    tree = tmp_path / "imagenet22k"
+    tree, cache = tmp_path / "imagenet22k", tmp_path / "cache"
     extra = {"n00007846": 60, "n00015388": 55, "n00017222": 52}  # three non-IN-1k classes, by size
     for wnid in WNIDS:
         for i in range(51):
@@ -94,12 +96,23 @@ def test_imagenet_k_holds_out_fifty_per_class_deterministically(tmp_path):
     for wnid, count in extra.items():
         for i in range(count):
             put(tree / wnid / f"{wnid}_{i}.JPEG", source)
-    splits = labelled.imagenet_k(tree, 1002)
+    splits = labelled.imagenet_k(tree, 1002, index_cache=str(cache))
     assert len(splits.classes) == 1002 and "n00017222" not in splits.classes  # the two most populous extras
+    assert splits.classes == sorted(splits.classes)
     assert len(splits.val) == 50 * 1002 and len(splits.train) == 1000 + 10 + 5
-    assert splits.val == labelled.imagenet_k(tree, 1002).val
     index = splits.classes.index("n00007846")
     assert sum(label == index for _, label in splits.train) == 10
+    (chosen,) = cache.glob("imagenet1002-*.txt")  # the choice, written once and logged, to be pinned
+    assert f"pin them with data.wnids={chosen}" in caplog.text
+    assert [line for line in chosen.read_text().splitlines() if not line.startswith("#")] == splits.classes
+    vocab = build_vocabulary("imagenet_k", imagenet22k_root=str(tree), classes=1002, index_cache=str(cache))
+    assert [label.wnid for label in vocab.labels] == splits.classes  # the hashtag labels are the classes
+    assert list(cache.glob("imagenet1002-*.txt")) == [chosen]  # chosen alike, into the same file
+    for path in (tree / "n00007846").iterdir():
+        path.unlink()  # pinned, the choice reads the index cached for it: nothing is listed again
+    pinned = labelled.imagenet_k(tree, 1002, str(chosen), str(cache))
+    assert pinned.classes == splits.classes and list(pinned.val) == list(splits.val)
+    assert list(pinned.train) == list(splits.train)
 
 
 def test_cub_splits_labels_and_boxes(tmp_path):

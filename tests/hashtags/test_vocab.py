@@ -119,15 +119,24 @@ def test_imagenet_k_takes_in1k_plus_the_most_populous_other_classes(tmp_path):
     from wsp.hashtags.vocab import imagenet_k_wnids
 
     # a miniature ImageNet-22k tree: other classes with 5, 3, 3 and 1 images, plus an IN-1k class folder
+    root, cache = tmp_path / "imagenet22k", tmp_path / "cache"
     for wnid, n in {"n00017222": 5, "n00021265": 3, "n00015388": 3, "n00019128": 1, "n01440764": 9}.items():
-        (tmp_path / wnid).mkdir()
+        (root / wnid).mkdir(parents=True)
         for i in range(n):
-            (tmp_path / wnid / f"{wnid}_{i}.JPEG").write_bytes(b"jpeg")
-    chosen = imagenet_k_wnids(tmp_path, 1002)
+            (root / wnid / f"{wnid}_{i}.JPEG").write_bytes(b"jpeg")
+    chosen = imagenet_k_wnids(root, 1002, index_cache=cache)
     assert len(chosen) == 1002 and chosen == sorted(chosen)
     others = sorted(set(chosen) - {label.wnid for label in build_vocabulary("in1k").labels})
     assert others == ["n00015388", "n00017222"]  # 5 images, then the smaller wnid of the two with 3
-    vocab = build_vocabulary("imagenet_k", imagenet22k_root=str(tmp_path), classes=1002)
-    assert len(vocab) == 1002
+    vocab = build_vocabulary("imagenet_k", imagenet22k_root=str(root), classes=1002, index_cache=str(cache))
+    assert [label.wnid for label in vocab.labels] == chosen
     with pytest.raises(ValueError, match="only 4 classes beyond IN-1k"):
-        imagenet_k_wnids(tmp_path, 1005)
+        imagenet_k_wnids(root, 1005, index_cache=cache)
+
+
+def test_imagenet_k_from_a_wnid_file_keeps_its_order_and_needs_no_tree(tmp_path):
+    (tmp_path / "in5k.txt").write_text("# pinned\nn02132136\nn01443537\n")
+    vocab = build_vocabulary("imagenet_k", list_file=str(tmp_path / "in5k.txt"), classes=2)
+    assert [label.wnid for label in vocab.labels] == [BROWN_BEAR, GOLDFISH]
+    with pytest.raises(ValueError, match="needs corpus.list_file"):
+        build_vocabulary("imagenet_k", classes=5000)

@@ -125,6 +125,7 @@ def test_pretrain_then_probe_and_finetune_from_its_outputs(compose_config, corpu
             ["task=finetune", "model.loss=hinge", "data.root=/x"],
             "model.loss=hinge: valid are softmax, sigmoid",
         ),
+        (["task=finetune", "task.checkpoint_every=0", "data.root=/x"], "task.checkpoint_every=0: must be"),
         (["task=pretrain", "trainer.devices=auto", "data.path=/x"], None),
     ],
 )

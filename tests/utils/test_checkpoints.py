@@ -26,9 +26,8 @@ def test_checkpoints_replace_the_old_file_whole_or_not_at_all(tmp_path):
     assert io.load_checkpoint(path)["step"] == 2
 
 
-def test_the_rename_is_made_durable_by_an_fsync_of_the_folder(tmp_path, monkeypatch):
-    """The file's data is fsynced before the rename, the folder's entry after it (a power loss keeps the
-    new checkpoint, or the old one). The real calls run; this records what each fsync was on."""
+def _recording(monkeypatch) -> list:
+    """Record what each fsync was on and each rename; the real calls run."""
     calls, fsync, replace = [], os.fsync, os.replace
 
     def recording_fsync(fd):
@@ -42,12 +41,43 @@ def test_the_rename_is_made_durable_by_an_fsync_of_the_folder(tmp_path, monkeypa
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(os, "replace", recording_replace)
+    return calls
+
+
+def test_the_rename_is_made_durable_by_an_fsync_of_the_folder(tmp_path, monkeypatch):
+    """The file's data is fsynced before the rename, the folder's entry after it (a power loss keeps the
+    new checkpoint, or the old one)."""
+    calls = _recording(monkeypatch)
     AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1)}, tmp_path / "last.ckpt")
     assert calls == [
         ("fsync", "file", (tmp_path / "last.ckpt").stat().st_ino),
         ("replace", ".last.ckpt.partial", "last.ckpt"),
         ("fsync", "folder", tmp_path.stat().st_ino),
     ]
+
+
+def test_corpus_shards_their_index_and_feature_shards_are_durable_renames(tmp_path, monkeypatch):
+    """Every file the corpus writer and the feature cache put in place: its data fsynced, renamed, its
+    folder fsynced."""
+    from wsp.corpus.shards import write_labelled_corpus
+    from wsp.models.features import write_shard
+
+    calls = _recording(monkeypatch)
+    write_labelled_corpus(
+        tmp_path / "corpus", ((f"k{i}", b"jpeg bytes", [i % 2]) for i in range(6)), [3, 3], 2
+    )
+    write_shard(
+        tmp_path / "train-00000.safetensors", {"res5": torch.ones(2, 4)}, torch.zeros(2), torch.arange(2)
+    )
+    renames = [i for i, call in enumerate(calls) if call[0] == "replace"]
+    targets = {call[2] for call in calls if call[0] == "replace"}
+    assert (
+        len([t for t in targets if t.endswith(".tar")]) == 2
+        and {"offsets.npy", "keys.npy", "names.npy"} <= targets
+    )
+    assert "train-00000.safetensors" in targets
+    for i in renames:
+        assert calls[i - 1][:2] == ("fsync", "file") and calls[i + 1][:2] == ("fsync", "folder"), calls[i]
 
 
 def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path):

@@ -42,6 +42,7 @@ from wsp.corpus.posts import (
 from wsp.corpus.shards import REFERENCE_SUFFIX, ShardSink, reference_rows, write_index, write_reference
 from wsp.hashtags.parse import MAX_HASHTAG_CHARS, extract_hashtags, normalize_hashtags
 from wsp.hashtags.vocab import Vocabulary
+from wsp.utils.files import durable_replace
 
 EXAMPLES_PER_REASON = 5
 # Reasons that mean the input is broken, as opposed to posts filtered out by design (no caption, no
@@ -501,7 +502,7 @@ def _atomic_text_file(path: Path):
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8", newline="\n") as file:
         yield file
-    tmp.replace(path)
+    durable_replace(tmp, path)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -9,13 +9,14 @@ included, reads them.
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
+
+from wsp.utils.files import durable_replace
 
 BLOCK = 512
 WRITE_BUFFER = 1 << 16  # bytes: a few samples per write system call
@@ -55,7 +56,7 @@ def write_reference(path: Path, shard: Path, labels: dict[str, list[int]]) -> No
     loader reads the images from the input shard itself, so the build copies no train image bytes."""
     partial = path.with_name(path.name + ".tmp")
     partial.write_text(json.dumps({"shard": str(shard.resolve()), "labels": labels}))
-    os.replace(partial, path)
+    durable_replace(partial, path)
 
 
 def shard_samples(url: str):
@@ -112,7 +113,7 @@ class IndexRows:
                  offsets=np.array(self.offsets, dtype=np.int64), sizes=np.array(self.sizes, dtype=np.int64),
                  label_counts=np.array([len(x) for x in self.labels], dtype=np.int64),
                  labels=np.array([label for x in self.labels for label in x], dtype=np.int32))  # fmt: skip
-        os.replace(partial, path)
+        durable_replace(partial, path)
 
 
 INDEX_DIR = "index"  # in a corpus: the train samples' index, arrays memory-mapped by the loader
@@ -160,10 +161,10 @@ def write_index(corpus: Path, units: list[Path]) -> None:
             shard, sample, label = shard + len(counts), sample + n, label + k
     for name, array in arrays.items():
         array.flush()
-        os.replace(out / f"{name}.npy.tmp", out / f"{name}.npy")
+        durable_replace(out / f"{name}.npy.tmp", out / f"{name}.npy")
     for name, strings in (("names", names), ("files", files)):
         np.save(out / f"{name}.npy.tmp.npy", _utf8(strings))
-        os.replace(out / f"{name}.npy.tmp.npy", out / f"{name}.npy")
+        durable_replace(out / f"{name}.npy.tmp.npy", out / f"{name}.npy")
 
 
 def reference_rows(name: str, shard: Path, labels: dict[str, list[int]]) -> IndexRows:
@@ -223,7 +224,7 @@ class ShardSink:
             return
         self._stream.write(b"\0" * (2 * BLOCK))  # end-of-archive marker
         self._stream.close()
-        os.replace(self.directory / f"{self._name}.tmp", self.directory / self._name)
+        durable_replace(self.directory / f"{self._name}.tmp", self.directory / self._name)
         self._stream = None
 
     def close(self) -> dict[str, int]:

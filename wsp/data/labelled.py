@@ -5,8 +5,9 @@
   the root), or flat with the devkit's ground truth (`ILSVRC2012_devkit_t12/data/`
   `ILSVRC2012_validation_ground_truth.txt` + `meta.mat`, matched to the sorted file names as
   torchvision does). Labels are timm's sorted-wnid order.
-- ImageNet-5k / -9k: an ImageNet-22k (fall 2011) tree `<root>/<wnid>/*`; the IN-1k classes plus the
-  most populous others; per class, the 50 images with the smallest name hashes are the val split.
+- ImageNet-5k / -9k: an ImageNet-22k (fall 2011) tree `<root>/<wnid>/*`; the classes of a wnid file, in
+  its order, or the IN-1k classes plus the most populous others; per class, the 50 images with the
+  smallest name hashes are the val split (wsp.data.imagenet22k: the tree is listed once and cached).
 - CUB-200-2011: `images.txt`, `image_class_labels.txt`, `train_test_split.txt`, `classes.txt`,
   `images/`, and `bounding_boxes.txt` for the optional crop to the bird (`crop_to_box`).
 - Places365-Standard: `categories_places365.txt`, `places365_train_standard.txt`, `places365_val.txt`,
@@ -20,21 +21,21 @@ folder tried, where a layout has several names for one).
 from __future__ import annotations
 
 import csv
-import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wsp.data import imagenet22k
 from wsp.utils.images import image_files
 
 Samples = list[tuple[str, int]]
-VAL_PER_CLASS_22K = 50
 
 
 @dataclass
 class Splits:
     classes: list[str]  # label i's name
-    train: Samples
-    val: Samples
+    train: Sequence[tuple[str, int]]  # a list, or (ImageNet-5k/-9k) arrays read as one
+    val: Sequence[tuple[str, int]]
     boxes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)  # path -> x, y, w, h
 
 
@@ -119,23 +120,20 @@ def _devkit_val(root: Path, val_dir: Path, index: dict[str, int]) -> Samples:
     return [(str(path), index[id_to_wnid[i]]) for path, i in zip(images, ids, strict=True)]
 
 
-def imagenet_k(root: str | Path, classes: int) -> Splits:
-    from wsp.hashtags.vocab import imagenet_k_wnids
-
+def imagenet_k(root: str | Path, classes: int | None = None, wnids: str | None = None,
+               index_cache: str | None = None) -> Splits:  # fmt: skip
+    """ImageNet-5k/-9k: the classes of the wnid file `wnids` in its order, or (none given) `classes`
+    chosen by image count and written to a wnid file to pin; the tree listed once into `index_cache`
+    (wsp.data.imagenet22k)."""
     root = _need(Path(root), Path(root))
-    wnids = imagenet_k_wnids(root, classes)
-    train, val = [], []
-    for label, wnid in enumerate(wnids):
-        images = image_files(_need(root, root / wnid))
-        if len(images) <= VAL_PER_CLASS_22K:
+    names, index = imagenet22k.class_list(root, classes, wnids, index_cache, imagenet22k.DATA)
+    for wnid in names:
+        if (count := index.count(wnid)) <= imagenet22k.VAL_PER_CLASS:
             raise ValueError(
-                f"data.root={root}: {root / wnid} has {len(images)} images; {VAL_PER_CLASS_22K} are held out"
+                f"data.root={root}: {root / wnid} has {count} images; {imagenet22k.VAL_PER_CLASS} are held out"
             )
-        by_hash = sorted(images, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
-        held_out = set(by_hash[:VAL_PER_CLASS_22K])
-        for path in images:
-            (val if path in held_out else train).append((str(path), label))
-    return Splits(wnids, train, val)
+    train, val = imagenet22k.samples(root, index, names)
+    return Splits(names, train, val)
 
 
 def cub(root: str | Path, crop_to_box: bool = False) -> Splits:

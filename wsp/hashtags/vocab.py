@@ -19,7 +19,6 @@ from pathlib import Path
 
 from wsp.hashtags.parse import normalize
 from wsp.hashtags.wordnet import imagenet1k_wnids, load_wordnet, synset_to_wnid, wnid_to_synset
-from wsp.utils.images import image_files
 
 AMBIGUITY_POLICIES = ("first_sense", "all", "drop")
 
@@ -113,25 +112,16 @@ def _sense_rank(lemma: str, wnid: str) -> int:
 VOCABULARIES = ("in1k", "imagenet_k", "wordnet", "wnids", "hashtags")
 
 
-def imagenet_k_wnids(imagenet22k_root: str | Path, classes: int) -> list[str]:
-    """The paper's ImageNet-5k/-9k label sets: the 1,000 IN-1k classes plus the `classes - 1000` other
-    classes with the most images in an ImageNet-22k (fall 2011) folder tree `<root>/<wnid>/*.JPEG`.
-    Ties go to the smaller wnid, so the set is deterministic."""
-    root = Path(imagenet22k_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"corpus.imagenet22k_root={imagenet22k_root}: no such folder")
-    in1k = set(imagenet1k_wnids())
-    counts = {
-        folder.name: len(image_files(folder))
-        for folder in root.iterdir()
-        if folder.is_dir() and folder.name not in in1k
-    }
-    others = sorted(counts, key=lambda wnid: (-counts[wnid], wnid))[: max(0, classes - len(in1k))]
-    if len(others) < classes - len(in1k):
-        raise ValueError(
-            f"corpus.imagenet22k_root={root}: only {len(others)} classes beyond IN-1k, {classes} asked"
-        )
-    return sorted(in1k | set(others))
+def imagenet_k_wnids(imagenet22k_root: str | Path | None = None, classes: int | None = None,
+                     list_file: str | Path | None = None, index_cache: str | Path | None = None) -> list[str]:  # fmt: skip
+    """The paper's ImageNet-5k/-9k label sets, in label order: the wnid file `list_file` as it is (the
+    tree is not read), or the 1,000 IN-1k classes plus the `classes - 1000` other classes with the most
+    images in an ImageNet-22k (fall 2011) folder tree `<root>/<wnid>/*.JPEG`, written to a wnid file to
+    pin (wsp.data.imagenet22k: the same lists and files as `data=imagenet5k`/`imagenet9k`)."""
+    from wsp.data.imagenet22k import CORPUS, class_list
+
+    wnids, _ = class_list(imagenet22k_root, classes, list_file, index_cache, CORPUS, index=False)
+    return wnids
 
 
 def all_noun_wnids() -> list[str]:
@@ -146,11 +136,12 @@ def read_list(path: str | Path) -> list[str]:
 
 def build_vocabulary(name: str, wnids: list[str] | None = None, ambiguous: str = "first_sense",
                      list_file: str | None = None, imagenet22k_root: str | None = None,
-                     classes: int | None = None) -> Vocabulary:  # fmt: skip
+                     classes: int | None = None, index_cache: str | None = None) -> Vocabulary:  # fmt: skip
     """A named vocabulary.
 
     - `in1k`: the 1,000 ImageNet-1k synsets (the paper's ~1.5k hashtags);
-    - `imagenet_k`: ImageNet-5k/-9k (`classes` of them) from an ImageNet-22k folder tree;
+    - `imagenet_k`: ImageNet-5k/-9k: the wnids of `list_file` in order, or `classes` of them chosen
+      from an ImageNet-22k folder tree (`imagenet_k_wnids`);
     - `wordnet`: every WordNet noun synset (the paper's 17k set is those occurring in the data, and its
       8.5k set the most frequent of them: `corpus.min_count` and `corpus.max_labels` select them);
     - `wnids`: synsets listed in `wnids` or in `list_file` (one wnid per line), e.g. ImageNet-5k/9k;
@@ -159,9 +150,14 @@ def build_vocabulary(name: str, wnids: list[str] | None = None, ambiguous: str =
     if name == "in1k":
         return Vocabulary.from_wnids(imagenet1k_wnids(), ambiguous)
     if name == "imagenet_k":
-        if not imagenet22k_root or not classes:
-            raise ValueError("vocabulary 'imagenet_k' needs corpus.imagenet22k_root and corpus.classes")
-        return Vocabulary.from_wnids(imagenet_k_wnids(imagenet22k_root, classes), ambiguous)
+        if not list_file and not (imagenet22k_root and classes):
+            raise ValueError(
+                "vocabulary 'imagenet_k' needs corpus.list_file (a wnid file) or corpus.imagenet22k_root "
+                "and corpus.classes"
+            )
+        return Vocabulary.from_wnids(
+            imagenet_k_wnids(imagenet22k_root, classes, list_file, index_cache), ambiguous
+        )
     if name == "wordnet":
         return Vocabulary.from_wnids(all_noun_wnids(), ambiguous)
     if name == "wnids":

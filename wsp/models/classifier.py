@@ -19,36 +19,40 @@ from wsp.models.losses import as_distribution, classification_loss, topk_hits
 from wsp.utils.schedule import lr_multiplier, peak_lr
 
 
-class ValCounts(torchmetrics.Metric):
-    """Top-1/top-5 over a validation pass as sums over the ranks, each val image counted once (the val
-    loaders deal every image to one rank, unpadded): a ratio of sums, not a mean of the ranks' means.
-    With duplicates listed (`data.duplicates`), the paper's lower bound counts each listed image wrong."""
+class Share(torchmetrics.Metric):
+    """100 x hits / images over a validation pass, both summed over the ranks (the val loaders deal every
+    image to one rank, unpadded): a ratio of sums, not a mean of the ranks' means. Logged as the metric
+    itself, Lightning leaves syncing it to torchmetrics (at `compute`) and resets it after each pass."""
 
     full_state_update = False
 
     def __init__(self):
         super().__init__()
-        for name in ("top1", "top5", "images", "top1_unlisted", "listed"):
+        for name in ("hits", "images"):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("lists", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
 
-    def update(self, top1: torch.Tensor, top5: torch.Tensor, listed: torch.Tensor | None) -> None:
-        self.top1 += top1.sum()
-        self.top5 += top5.sum()
-        self.images += len(top1)
-        if listed is not None:
-            self.lists.fill_(1.0)
-            self.listed += listed.sum()
-            self.top1_unlisted += (top1 * ~listed).sum()
+    def update(self, hits: torch.Tensor) -> None:
+        self.hits += hits.sum()
+        self.images += len(hits)
 
-    def compute(self) -> dict[str, float]:
-        images = max(self.images.item(), 1.0)
-        metrics = {"val/top1": 100 * self.top1.item() / images, "val/top5": 100 * self.top5.item() / images,
-                   "val/images": self.images.item()}  # fmt: skip
-        if self.lists.item():
-            metrics["val/top1_lower_bound"] = 100 * self.top1_unlisted.item() / images
-            metrics["val/duplicates_listed"] = self.listed.item()
-        return metrics
+    def compute(self) -> torch.Tensor:
+        return 100 * self.hits / self.images.clamp(min=1)
+
+
+class Count(torchmetrics.Metric):
+    """A count over a validation pass, summed over the ranks (as `Share`)."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, count: torch.Tensor | int) -> None:
+        self.total += count
+
+    def compute(self) -> torch.Tensor:
+        return self.total
 
 
 class Classifier(pl.LightningModule):
@@ -71,7 +75,10 @@ class Classifier(pl.LightningModule):
         if channels_last:  # faster convolutions on CPU and on tensor cores
             self.to(memory_format=torch.channels_last)
         self.skipped_steps = 0
-        self.val_counts = ValCounts()
+        # top-1/top-5 and the images counted, each val image once; with duplicates listed (data.duplicates)
+        # the paper's lower bound, which counts each listed image wrong
+        self.val_metrics = nn.ModuleDict({"top1": Share(), "top5": Share(), "images": Count(),
+                                          "top1_lower_bound": Share(), "duplicates_listed": Count()})  # fmt: skip
         # Images processed since the start of training, over every layout a run was resumed on: the lr
         # schedule's clock, so a run resumed on more or fewer devices goes on where it stopped.
         self.images_processed = 0
@@ -93,6 +100,11 @@ class Classifier(pl.LightningModule):
         # val/skipped_samples is: one pass's count, the one data.max_unreadable caps
         self.log("train/skipped_samples", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum",
                  sync_dist=True, batch_size=len(images))  # fmt: skip
+        if not len(images):  # every image of the batch was unreadable
+            # A zero loss through every parameter: this rank still runs backward, so under DDP the
+            # gradients are all-reduced as on every step (its share zero) and the ranks step together;
+            # returning None would skip backward here alone and hang the others in their all-reduce.
+            return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
         loss = classification_loss(self.hparams.loss, self(images), target)
         if not torch.isfinite(loss):
             if self.hparams.nonfinite_loss == "stop":
@@ -112,21 +124,31 @@ class Classifier(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         images, target, skipped = self._split_batch(batch)
-        logits = self(images)
-        listed = getattr(self.trainer.datamodule, "listed", None)
-        if listed is not None:  # transfer batches carry the images' indices in their split
-            listed = listed[batch[3].cpu()].to(self.device)
-        self.val_counts.update(topk_hits(logits, target, 1), topk_hits(logits, target, 5), listed)
-        loss = classification_loss(self.hparams.loss, logits, target)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(images))
         self.log(
             "val/skipped_samples", float(skipped), reduce_fx="sum", sync_dist=True, batch_size=len(images)
         )
-
-    def on_validation_epoch_end(self) -> None:
-        # summed over the ranks already (each val image is dealt to one rank): no further sync
-        self.log_dict(self.val_counts.compute(), prog_bar=True)
-        self.val_counts.reset()
+        listed = getattr(self.trainer.datamodule, "listed", None)
+        if len(images):  # (a batch of only unreadable images has none)
+            logits = self(images)
+            top1, top5 = topk_hits(logits, target, 1), topk_hits(logits, target, 5)
+            for name, hits in (("top1", top1), ("top5", top5)):
+                self.val_metrics[name].update(hits)
+            self.val_metrics["images"].update(len(images))
+            if listed is not None:  # transfer batches carry the images' indices in their split
+                listed = listed[batch[3].cpu()].to(self.device)
+                self.val_metrics["top1_lower_bound"].update(top1 * ~listed)
+                self.val_metrics["duplicates_listed"].update(listed.sum())
+            loss = classification_loss(self.hparams.loss, logits, target)
+        else:  # weighs nothing in the mean, and every rank logs the same keys, as syncing them needs
+            loss = torch.zeros((), device=self.device)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(images))
+        # the metrics themselves, logged on every batch of every rank: Lightning computes each at the
+        # pass's end, where torchmetrics sums it over the ranks, and resets it
+        names = ["top1", "top5", "images"]
+        if listed is not None:
+            names += ["top1_lower_bound", "duplicates_listed"]
+        for name in names:
+            self.log(f"val/{name}", self.val_metrics[name], prog_bar=True)
 
     def configure_optimizers(self):
         o = self.hparams.optim

@@ -26,7 +26,7 @@ def make_datamodule(cfg: DictConfig, kinds: tuple[str, ...]) -> pl.LightningData
         if cfg.data.name == "hashtags":
             return HashtagDataModule(**args, ledger_dir=str(Path(cfg.output_dir) / "ledger"))
         args["crop_pct"] = args["crop_pct"] or eval_crop_pct(cfg.model.name)
-        return TransferDataModule(cfg.data.name, **args)
+        return TransferDataModule(cfg.data.name, **args, seed=cfg.seed)  # seed: of the training order
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
 

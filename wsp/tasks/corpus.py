@@ -13,7 +13,6 @@ from wsp.config import ConfigError, require, require_choice, require_positive
 def run(cfg: DictConfig) -> dict:
     from wsp.corpus.build import STAGES, BuildOptions, CorpusBuilder, CorpusError, expand_inputs
     from wsp.corpus.posts import Columns
-    from wsp.hashtags.vocab import build_vocabulary
 
     c = cfg.corpus
     require(cfg, "corpus.input")
@@ -33,9 +32,7 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"corpus.part={c.part}: must be in [0, corpus.num_parts={c.num_parts})")
     try:
         inputs = expand_inputs(OmegaConf.to_container(c.input) if OmegaConf.is_list(c.input) else c.input)
-        vocabulary = build_vocabulary(
-            c.vocabulary, c.wnids, c.ambiguous, c.list_file, c.get("imagenet22k_root"), c.get("classes")
-        )
+        vocabulary = corpus_vocabulary(c)
         exclude = read_exclude(c.exclude) if c.exclude else ()
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
@@ -59,6 +56,14 @@ def run(cfg: DictConfig) -> dict:
         "dropped": sum(stats["dropped"].values()),
         "errors": stats["errors"],
     }
+
+
+def corpus_vocabulary(c: DictConfig):
+    """The vocabulary `corpus.*` names (wsp.hashtags.vocab.build_vocabulary)."""
+    from wsp.hashtags.vocab import build_vocabulary
+
+    return build_vocabulary(c.vocabulary, c.wnids, c.ambiguous, c.list_file, c.get("imagenet22k_root"),
+                            c.get("classes"), c.get("index_cache"))  # fmt: skip
 
 
 def read_exclude(path: str) -> tuple[str, ...]:

@@ -21,9 +21,12 @@ RESULT_KEYS = {
 
 
 def run(cfg: DictConfig) -> dict:
+    from pytorch_lightning.utilities import rank_zero_only
+
     results = study.run(cfg)
-    print(format_table(results))
-    plot(results, Path(cfg.output_dir) / "demo.png")
+    if rank_zero_only.rank == 0:  # under DDP every rank ran the study; one reports it
+        print(format_table(results))
+        plot(results, Path(cfg.output_dir) / "demo.png")
     return results
 
 

@@ -11,6 +11,7 @@ from wsp.tasks.common import (
     make_classifier,
     make_datamodule,
     make_trainer,
+    resumed_progress,
     steps_for,
 )
 from wsp.utils.loggers import build_loggers
@@ -19,14 +20,15 @@ from wsp.utils.loggers import build_loggers
 def run(cfg: DictConfig) -> dict:
     check_training(cfg)
     require_choice(cfg, "task.nonfinite_loss", ("stop", "skip"))
-    require_positive(cfg, "task.epochs")
+    require_positive(cfg, "task.epochs", "task.checkpoint_every")
     datamodule = make_datamodule(cfg, TRANSFER)
     train_size = len(datamodule.splits.train)
     images = cfg.task.epochs * train_size
     total_steps = steps_for(images, datamodule.batch_size, cfg)
+    resumed_at, _ = resumed_progress(cfg)
     model = make_classifier(cfg, datamodule.num_classes, loss="softmax", schedule_images=images)
     load_pretrained(cfg, model.backbone)
-    trainer = make_trainer(cfg, total_steps, build_loggers(cfg))
+    trainer = make_trainer(cfg, total_steps, build_loggers(cfg), checkpoint_every=cfg.task.checkpoint_every)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     (final,) = trainer.validate(model, datamodule=datamodule, verbose=False)
     return {
@@ -40,5 +42,6 @@ def run(cfg: DictConfig) -> dict:
         },
         "train/skipped_steps": model.skipped_steps,
         "steps": trainer.global_step,
+        "resumed_at_step": resumed_at,  # 0: a fresh start
         "weights": cfg.backbone.weights,
     }

@@ -7,8 +7,8 @@ run resumed from it, and a linear probe of the exported backbone. It prints one 
 MFU, data-wait fraction, peak GPU memory, checkpoint write time) and the GPU-days of each study of the
 paper at the throughput it measured, and records all of it in results.json.
 
-Each pretraining runs as its own `python run.py task=pretrain ...` process, as a user would start it, so
-Lightning's DDP launcher starts one process per GPU for it alone.
+Each pretraining and the probe run as their own `python run.py task=... ` process, as a user would start
+them, so Lightning's DDP launcher starts one process per GPU for each alone.
 """
 
 from __future__ import annotations
@@ -57,30 +57,31 @@ def run(cfg: DictConfig) -> dict:
     if resumed["images_processed"] != t.images + t.resume_images:
         raise RuntimeError(f"the resumed run processed {resumed['images_processed']} images, not {t.images} + "
                            f"{t.resume_images}: see {first}")  # fmt: skip
-    values = {"data.root": str(photos), "backbone.weights": str(first / "backbone.safetensors"),
-              "output_dir": str(out / "probe"), "model.compile": False}  # fmt: skip
-    probe = run_task(
-        compose_stage(
-            "probe", job_overrides(), values, OmegaConf.create({"model": cfg.model, "logger": cfg.logger})
-        )
-    )
+    probe = subtask(cfg, "probe", out / "probe", "data=imagefolder", f"data.root={photos}",
+                    f"backbone.weights={first / 'backbone.safetensors'}", "model.compile=false")  # fmt: skip
     results = summarise(cfg, runs, probe)
     print_table(results)
     return results
 
 
 def pretrain(cfg: DictConfig, folder: Path, corpus: Path, images: int, *overrides: str) -> dict:
-    """`python run.py task=pretrain` on the preflight corpus with this job's model, trainer and data
-    settings, into `folder`; its results."""
+    """`python run.py task=pretrain` on the preflight corpus, into `folder`; its results."""
+    return subtask(cfg, "pretrain", folder, f"data.path={corpus}", f"task.images={images}",
+                   f"task.checkpoint_every={cfg.task.checkpoint_every}", *overrides)  # fmt: skip
+
+
+def subtask(cfg: DictConfig, task: str, folder: Path, *overrides: str) -> dict:
+    """`python run.py task=<task>` with this job's model, trainer, logger and data settings, into `folder`;
+    its results. A process of its own: its Trainer launches its own DDP ranks, which re-run this command,
+    not the whole preflight."""
     choices = HydraConfig.get().runtime.choices
-    command = [sys.executable, str(RUN), "task=pretrain", f"model={choices['model']}", f"trainer={choices['trainer']}",
-               f"logger={choices['logger']}", *job_overrides(), f"data.path={corpus}", f"task.images={images}",
-               f"task.checkpoint_every={cfg.task.checkpoint_every}", f"data.batch_size={cfg.data.batch_size}",
+    command = [sys.executable, str(RUN), f"task={task}", f"model={choices['model']}", f"trainer={choices['trainer']}",
+               f"logger={choices['logger']}", *job_overrides(), f"data.batch_size={cfg.data.batch_size}",
                f"data.num_workers={cfg.data.num_workers}", f"hydra.run.dir={folder}", *overrides]  # fmt: skip
     log.info(" ".join(command[1:]))
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"pretraining in {folder} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"task={task} in {folder} failed:\n{done.stderr[-3000:]}")
     return json.loads((folder / "results.json").read_text())
 
 

@@ -108,18 +108,15 @@ def job_overrides() -> list[str]:
 
 def stage(cfg: DictConfig, name: str, task: str, values: dict, stage_config: DictConfig | None = None,
           overrides: list[str] = ()) -> dict:  # fmt: skip
-    """Run `task=<task>` into <output_dir>/<name>, or read back its results if it finished before."""
-    from pytorch_lightning.utilities import rank_zero_only
-
+    """Run `task=<task>` into <output_dir>/<name>, or read back its results if it finished before. Under
+    DDP every rank runs every stage: each task spreads its own work over the ranks."""
     out = Path(cfg.output_dir) / name
     finished = out / "results.json"
     if finished.is_file():
         log.info(f"{name}: finished before, reading {finished}")
         return _recorded(finished)
-    if task == "probe" and rank_zero_only.rank != 0:
-        return {}  # probes are not distributed: under DDP the first rank probes, the others go on
     values = {**values, "output_dir": str(out), "logger.prefix": name}
-    if task == "pretrain" and (out / "checkpoints" / "last.ckpt").is_file():
+    if task in ("pretrain", "finetune") and (out / "checkpoints" / "last.ckpt").is_file():
         values["ckpt_path"] = "last"  # an interrupted job resumes where it stopped
     metrics = run_task(compose_stage(task, [*job_overrides(), *overrides], values, stage_config))
     return _recorded(finished) if finished.is_file() else metrics  # the first rank's record has the wall time

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 import zipfile
@@ -12,15 +11,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from wsp.config import ConfigError
-
-
-def fsync_directory(directory) -> None:
-    """Flush a directory's entries: after a rename into it, the rename itself survives a power loss."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from wsp.utils.files import durable_replace
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -37,10 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         partial = path.with_name(f".{path.name}.partial")
         super().save_checkpoint(checkpoint, partial, storage_options)
-        with open(partial, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-        fsync_directory(path.parent)
+        durable_replace(partial, path)
         self.write_seconds.append(time.perf_counter() - started)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
