@@ -1,4 +1,5 @@
-"""What the study notebooks share: finding a sweep, its aggregated table, and the paper's numbers.
+"""What the study notebooks share: finding a sweep, its aggregated table, its error bars, and the paper's
+numbers.
 
 The numbers below are the paper's as summarised in shared/PAPER.md; the notebooks draw them next to the
 measured ones. Only numbers the paper states are here: where it states a trend, the notebooks say so in
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from wsp.tasks.aggregate import aggregate
@@ -36,12 +38,42 @@ def sweep_folder(study: str, root: str | Path = "../multirun") -> Path:
 def study_table(folder: Path) -> pd.DataFrame:
     """The sweep's table, a row per job (aggregated again, so a sweep still running shows its finished jobs)."""
     _, _, path = aggregate(Path(folder))
-    return pd.read_csv(path)
+    return pd.read_csv(path).copy()  # consolidated: adding a column warns of fragmentation otherwise
 
 
 def transfers(table: pd.DataFrame) -> list[str]:
     """The transfer targets of a study's table: the names of its `<target>/top1` columns."""
     return [c.split("/")[0] for c in table.columns if c.endswith("/top1") and not c.startswith("pretrain")]
+
+
+def spread(data, columns: str | list[str]):
+    """Error bars for a plot's `yerr`: one standard deviation over the seeds of `columns` (a job run with
+    `study.seeds` > 1 records each metric's `<metric>/sd`), or None where the runs have no seeds (no bars).
+    `data`: a study table (then a column, or a frame of them named as `columns`), one of its rows or a
+    results.json dict (then a value, or a Series of them indexed by `columns`)."""
+    if isinstance(columns, str):
+        return data.get(f"{columns}/sd")
+    found = [data.get(f"{column}/sd") for column in columns]
+    if any(values is None for values in found):
+        return None
+    if isinstance(data, pd.DataFrame):
+        return pd.concat(found, axis=1, keys=columns)
+    return pd.Series(found, index=columns)
+
+
+def spread_note(data, column: str) -> str:
+    """What a plot's error bars of `column` are, as a second line for its axis label ("± 1 sd over <n>
+    seeds"), or "" with no seeds. `data` as for `spread`."""
+    counts = data.get(f"{column}/n")
+    seeds = sorted({int(n) for n in np.ravel(counts) if pd.notna(n)}) if counts is not None else []
+    if not seeds:
+        return ""
+    return f"\n± 1 sd over {'/'.join(map(str, seeds))} seeds"
+
+
+def spread_columns(data, columns: list[str]) -> list[str]:
+    """`columns` for a table to show, each followed by its `/sd` and `/n` where the runs have seeds."""
+    return [f"{c}{stat}" for c in columns for stat in ("", "/sd", "/n") if not stat or f"{c}{stat}" in data]
 
 
 def group_width(row: pd.Series) -> int | None:

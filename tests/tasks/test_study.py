@@ -57,3 +57,21 @@ def test_a_stage_is_composed_like_the_command_line_without_the_jobs_own_settings
     assert (cfg.task.name, cfg.data.name, cfg.data.root) == ("probe", "imagefolder", "/data/target")
     assert cfg.task.max_iter == 7 and cfg.corpus.label_noise == 0.25 and cfg.model.name == "wsp_resnext_tiny"
     assert "study" not in cfg
+
+
+def test_replicates_summarise_as_mean_sd_n_and_a_95_percent_interval():
+    """Three seeds of a study point: each numeric metric's mean under its own key, its sample sd and n;
+    other values as the first seed has them; the seeds themselves kept; aggregate's t interval."""
+    import math
+
+    from wsp.tasks.aggregate import with_intervals
+    from wsp.tasks.study import summarise
+
+    runs = [{"seed": s, "probe/top1": top1, "corpus/path": "/c", "pretrain/steps": 10}
+            for s, top1 in ((0, 50.0), (1, 60.0), (2, 70.0))]  # fmt: skip
+    summary = summarise(runs)
+    assert summary["probe/top1"] == 60.0 and summary["probe/top1/sd"] == 10.0 and summary["probe/top1/n"] == 3
+    assert summary["pretrain/steps/sd"] == 0.0 and summary["corpus/path"] == "/c" and "seed" not in summary
+    assert [r["seed"] for r in summary["replicates"]] == [0, 1, 2]
+    half_width = with_intervals(summary)["probe/top1/ci95"]
+    assert math.isclose(half_width, 4.302653 * 10.0 / math.sqrt(3), rel_tol=1e-6)  # t(0.975, 2) = 4.3027

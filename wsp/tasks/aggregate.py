@@ -1,5 +1,6 @@
 """task=aggregate: the runs under a folder (a Hydra sweep, a demo run) as one table, a row per run: its
-metrics and its resolved config, both flattened to dotted keys, plus the run's folder.
+metrics and its resolved config, both flattened to dotted keys, plus the run's folder. A run of
+`study.seeds` replicates is one study point: its row has each metric's mean, sd, n and 95% interval.
 
 A run is an outermost results.json: the stages of a study job (its sub-folders) are part of the job's
 row, and the inputs a sweep builds once for its jobs (study.cache, marked by built_from.json) are not
@@ -27,6 +28,21 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+def with_intervals(metrics: dict) -> dict:
+    """Beside each metric replicated over seeds (`<key>/sd`, `<key>/n` from study.seeds), `<key>/ci95`: the
+    half-width of its mean's 95% confidence interval, t-distributed (sd / sqrt(n) x t(0.975, n - 1))."""
+    from scipy.stats import t
+
+    intervals = {}
+    for key in metrics:
+        if key.endswith("/sd") and f"{key[:-3]}/n" in metrics:
+            sd, n = metrics[key], metrics[f"{key[:-3]}/n"]
+            intervals[f"{key[:-3]}/ci95"] = (
+                float(t.ppf(0.975, n - 1) * sd / n**0.5) if n > 1 else float("nan")
+            )
+    return {**metrics, **intervals}
+
+
 def run_results(folder: Path) -> list[Path]:
     found = sorted(folder.rglob("results.json"))
     runs = {f.parent for f in found}
@@ -52,9 +68,8 @@ def aggregate(folder: Path, table_format: str = "csv") -> tuple[int, int, Path]:
     for file in files:
         results = json.loads(file.read_text())
         config = results.pop("config", {})
-        rows.append(
-            {"run": str(file.parent.relative_to(folder)), **flatten(results), **flatten(config, "config.")}
-        )
+        rows.append({"run": str(file.parent.relative_to(folder)), **with_intervals(flatten(results)),
+                     **flatten(config, "config.")})  # fmt: skip
     table = pd.DataFrame(rows)
     out = folder / f"results.{table_format}"
     if table_format == "csv":

@@ -27,7 +27,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wsp.config import ConfigError, require, require_choice
+from wsp.config import ConfigError, require, require_choice, require_positive
 from wsp.tasks import run_task
 from wsp.utils.loggers import open_wandb_run
 
@@ -40,32 +40,65 @@ def run(cfg: DictConfig) -> dict:
     s = cfg.study
     require_choice(cfg, "study.source", SOURCES)
     require_choice(cfg, "study.pretraining", ("hashtags", "none"))
+    require_positive(cfg, "study.seeds")
     transfers = {name: _transfer(cfg, name) for name in s.transfers}
     out = Path(cfg.output_dir)
-    results: dict = {}
     run_name = f"{s.name or cfg.task.name}-{out.name}"
     with open_wandb_run(cfg, name=run_name, tags=[s.name, s.scale]) as wandb_run:
-        weights = None
-        if s.pretraining == "hashtags":
-            corpus = corpus_folder(cfg)
-            results.update(corpus_summary(corpus))
-            pretrained = stage(cfg, "pretrain", "pretrain", {"data.path": str(corpus)}, s.pretrain)
-            weights = pretrained["backbone"]
-            results.update(_prefixed("pretrain", pretrained, "val/top1", "val/top5", "steps",
-                                     "train/images_per_s", "wall_time_s"))  # fmt: skip
-            results["images_processed"] = pretrained["images_processed"]
-        for name, transfer in transfers.items():
-            values = {
-                "data.root": transfer["root"],
-                "backbone.weights": weights if transfer["init"] == "pretrained" else None,
-            }
-            done = stage(cfg, name, transfer["task"], values, transfer["values"], transfer["overrides"])
-            results.update({f"{name}/{key.split('/', 1)[1]}": value for key, value in done.items()
-                            if key in (f"{transfer['task']}/top1", f"{transfer['task']}/top5")})  # fmt: skip
-            results[f"{name}/wall_time_s"] = done.get("wall_time_s")
+        if s.seeds == 1:
+            results = replicate(cfg, transfers, cfg.seed, "")
+        else:  # replicate r trains with seed + r (weights, stream order, crops, probe holdout) on the same corpus
+            runs = [replicate(cfg, transfers, cfg.seed + r, f"seed{cfg.seed + r}/") for r in range(s.seeds)]
+            results = summarise(runs)
         if wandb_run is not None:
-            wandb_run.summary.update(results)
+            wandb_run.summary.update({k: v for k, v in results.items() if k != "replicates"})
     return results
+
+
+def replicate(cfg: DictConfig, transfers: dict, seed: int, folder: str) -> dict:
+    """The pipeline once, its stages in <output_dir>/<folder><stage>, every stage with `seed`."""
+    s, results, weights = cfg.study, {"seed": seed}, None
+    if s.pretraining == "hashtags":
+        corpus = corpus_folder(cfg)
+        results.update(corpus_summary(corpus))
+        pretrained = stage(cfg, f"{folder}pretrain", "pretrain", {"data.path": str(corpus), "seed": seed},
+                           s.pretrain)  # fmt: skip
+        weights = pretrained["backbone"]
+        results.update(_prefixed("pretrain", pretrained, "val/top1", "val/top5", "steps",
+                                 "train/images_per_s", "wall_time_s"))  # fmt: skip
+        results["images_processed"] = pretrained["images_processed"]
+    for name, transfer in transfers.items():
+        values = {
+            "data.root": transfer["root"],
+            "backbone.weights": weights if transfer["init"] == "pretrained" else None,
+            "seed": seed,
+        }
+        done = stage(
+            cfg, f"{folder}{name}", transfer["task"], values, transfer["values"], transfer["overrides"]
+        )
+        results.update({f"{name}/{key.split('/', 1)[1]}": value for key, value in done.items()
+                        if key in (f"{transfer['task']}/top1", f"{transfer['task']}/top5")})  # fmt: skip
+        results[f"{name}/wall_time_s"] = done.get("wall_time_s")
+    return results
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Each numeric metric of the replicates as its mean (under its own key), `<key>/sd` (sample standard
+    deviation) and `<key>/n`; other values as the first replicate has them; and `replicates`, each run's."""
+    import statistics
+
+    summary: dict = {}
+    for key, value in runs[0].items():
+        values = [run.get(key) for run in runs]
+        numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if key != "seed" and len(numeric) == len(values):
+            summary[key] = statistics.fmean(numeric)
+            summary[f"{key}/sd"] = statistics.stdev(numeric)
+            summary[f"{key}/n"] = len(numeric)
+        elif key != "seed":
+            summary[key] = value
+    summary["replicates"] = runs
+    return summary
 
 
 def _transfer(cfg: DictConfig, name: str) -> dict:
