@@ -46,7 +46,7 @@ from wsp.utils.files import durable_replace
 STAGES = {"res2": "layer1", "res3": "layer2", "res4": "layer3", "res5": "layer4"}
 
 
-def digest(chunks: Iterator[bytes]) -> str:
+def digest(chunks: Iterator) -> str:
     hasher = hashlib.blake2b(digest_size=16)
     for chunk in chunks:
         hasher.update(chunk)
@@ -59,7 +59,8 @@ def weights_digest(module: torch.nn.Module) -> str:
     def chunks():
         for name, tensor in sorted(module.state_dict().items()):
             yield f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode()
-            yield tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            # hashed in place: no copy of a multi-GB backbone's bytes
+            yield tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
 
     return digest(chunks())
 
