@@ -7,6 +7,12 @@ import io
 import os
 from pathlib import Path
 
+# One intra-op thread per process, in this one and every process a test starts (run.py, DDP ranks, their
+# data workers), as torchrun does: the suite's runs are tiny, and on a 2-core machine a process's second
+# thread only contends with its own workers and peers (a tiny-model pretraining ran 7x slower beside
+# another job with two threads than with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig

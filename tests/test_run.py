@@ -95,20 +95,21 @@ def test_demo_notebook_runs_headless_and_saves_its_figures(demo_small, monkeypat
 
 
 @pytest.mark.full_demo
-def test_default_demo_pretraining_beats_both_baselines_by_10_points(tmp_path):
-    """The README's claim, at the README's settings: the full default demo (about 10 minutes here, half
-    the suite's time, so out of the default run: `bash scripts/test.sh -m full_demo`). The demo's
-    pipeline runs in every suite at demo_small size."""
+def test_default_demo_pretraining_beats_both_baselines_by_30_points(tmp_path):
+    """The README's claim, at the README's settings: the full default demo (about 6 minutes here, one
+    seed, so out of the default run: `bash scripts/test.sh -m full_demo`). Its worst of five seeds beat
+    the better baseline by 68 points. The demo's pipeline runs in every suite at demo_small size."""
     done = run(f"hydra.run.dir={tmp_path}", "logger=csv", timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     baseline = max(results["probe_random/top1"], results["scratch/top1"])
-    assert results["probe_pretrained/top1"] >= baseline + 10, results
+    assert results["probe_pretrained/top1"] >= baseline + 30, results
 
 
 @pytest.mark.slow
-def test_corpus_map_stages_run_as_submitit_job_arrays(tmp_path, synthetic_dir_for_runs):
-    """The SLURM path, on submitit's local executor: each map stage a Hydra multirun over input parts."""
+def test_corpus_map_stages_run_as_submitit_job_arrays(tmp_path, synthetic_dir_for_runs, corpus_for_runs):
+    """The SLURM path, on submitit's local executor: each map stage a Hydra multirun over input parts. The
+    staged build writes what one process writes (`corpus_for_runs`: the same posts and shard size)."""
     posts = f"corpus.input={synthetic_dir_for_runs / 'posts' / '*.jsonl'}"
     common = [posts, "corpus.shard_size=50", "logger=csv"]
 
@@ -123,11 +124,10 @@ def test_corpus_map_stages_run_as_submitit_job_arrays(tmp_path, synthetic_dir_fo
     stage("vocab", staged)
     stage("write", staged, "corpus.num_parts=2", "corpus.part=0,1", multirun=True)
     stage("finalize", staged)
-    stage("all", f"corpus.output={tmp_path / 'local'}")
     for name in ("sizes.json", "vocab.json", "stats.json"):
-        assert (tmp_path / "staged" / name).read_text() == (tmp_path / "local" / name).read_text(), name
+        assert (tmp_path / "staged" / name).read_text() == (corpus_for_runs / name).read_text(), name
     assert sorted(p.name for p in (tmp_path / "staged").glob("*.tar")) == sorted(
-        p.name for p in (tmp_path / "local").glob("*.tar"))  # fmt: skip
+        p.name for p in corpus_for_runs.glob("*.tar"))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ TINY = ["scale=demo", "synthetic.posts=500", "synthetic.concepts=8", "synthetic.
         "study.pretrain.task.images=960"]  # fmt: skip
 # Fewer points per sweep (command-line sweeps replace the study's own) and shorter fine-tuning.
 EXTENT = {
-    "headline": ["study.transfers.target.values.task.epochs=2", "seed=0,1"],  # a seeds axis
+    "headline": ["study.transfers.target.values.task.epochs=2", "study.seeds=2"],  # one job, two replicates
     "capacity": [
         "+model.kwargs.base_width=8",
         "study.transfers.target.values.task.epochs=1",
@@ -30,16 +30,16 @@ EXTENT = {
         "study.pretrain.task.extremes=[[100,6],[1000,2]]",
     ],  # fmt: skip
     "vocabulary": ["synthetic.outside_in1k=3", "corpus.max_labels=null"],
-    "resampling": [],
+    "resampling": ["++study.pretrain.data.resampling=natural,uniform"],
     "label_noise": ["corpus.label_noise=0.0,0.5"],
     "loss": [],
 }
 JOBS = {
-    "headline": 2,
+    "headline": 1,
     "capacity": 2,
     "data_size": 2,
     "vocabulary": 2,
-    "resampling": 3,
+    "resampling": 2,
     "label_noise": 2,
     "loss": 2,
 }
@@ -85,7 +85,11 @@ def test_every_demo_study_runs_each_job_end_to_end(sweeps, study):
         assert results["task"] == "study" and results["wall_time_s"] > 0
         assert results["config"]["study"]["name"] == study
         if results["config"]["study"]["pretraining"] == "hashtags":
-            assert results["images_processed"] > 0 and (job / "pretrain" / "backbone.safetensors").is_file()
+            replicates = (
+                [f"seed{r['seed']}/" for r in results["replicates"]] if "replicates" in results else [""]
+            )
+            assert results["images_processed"] > 0
+            assert all((job / f"{r}pretrain" / "backbone.safetensors").is_file() for r in replicates)
         # one wandb run per job, offline, grouped by the sweep and tagged by the study
         (wandb_run,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
         record = wandb_run.read_bytes()
@@ -120,14 +124,26 @@ def _keys(tar: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_a_seeds_axis_builds_each_input_once_and_changes_only_training(sweeps):
-    """The training seed leaves the synthetic world and the corpus (their own seeds) alone."""
+    """study.seeds=2: two replicates of one job with seeds 0 and 1, on one synthetic world and one corpus
+    (their own seeds); the job's row has each metric's mean, sd, n and 95% interval."""
     folder, done = sweeps("headline")
     assert done.returncode == 0, done.stderr[-3000:]
-    table = pd.read_csv(folder / "results.csv")
-    assert sorted(table["config.seed"]) == [0, 1] and table["corpus/path"].nunique() == 1
+    (job,) = jobs(folder)
+    results = json.loads((job / "results.json").read_text())
+    replicates = results["replicates"]
+    assert [r["seed"] for r in replicates] == [0, 1]
+    assert {r["corpus/path"] for r in replicates} == {results["corpus/path"]}
     assert len(list((folder / "shared").glob("corpus-*"))) == 1
     assert len(list((folder / "shared").glob("synthetic*"))) == 1
-    assert table["pretrain/val/top1"].nunique() == 2 or table["target/top1"].nunique() == 2
+    tops = [r["target/top1"] for r in replicates]
+    assert results["target/top1"] == pytest.approx(sum(tops) / 2) and results["target/top1/n"] == 2
+    assert results["target/top1/sd"] == pytest.approx(abs(tops[0] - tops[1]) / 2**0.5)
+    weights = [(job / f"seed{s}" / "pretrain" / "backbone.safetensors").read_bytes() for s in (0, 1)]
+    assert weights[0] != weights[1]  # the seed reached training
+    row = pd.read_csv(folder / "results.csv").iloc[0]
+    assert row["target/top1/n"] == 2 and row["target/top1/ci95"] == pytest.approx(
+        12.706 * row["target/top1/sd"] / 2**0.5, rel=1e-3
+    )  # t(0.975, 1 degree of freedom)
 
 
 @pytest.mark.slow
