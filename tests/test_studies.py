@@ -85,11 +85,9 @@ def test_every_demo_study_runs_each_job_end_to_end(sweeps, study):
         assert results["task"] == "study" and results["wall_time_s"] > 0
         assert results["config"]["study"]["name"] == study
         if results["config"]["study"]["pretraining"] == "hashtags":
-            replicates = (
-                [f"seed{r['seed']}/" for r in results["replicates"]] if "replicates" in results else [""]
-            )
+            folders = [f"seed{r['seed']}/" for r in results.get("replicates", [])] or [""]
             assert results["images_processed"] > 0
-            assert all((job / f"{r}pretrain" / "backbone.safetensors").is_file() for r in replicates)
+            assert all((job / f"{f}pretrain" / "backbone.safetensors").is_file() for f in folders)
         # one wandb run per job, offline, grouped by the sweep and tagged by the study
         (wandb_run,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
         record = wandb_run.read_bytes()
