@@ -121,3 +121,22 @@ def test_capacity_imagenet_only_arm_trains_with_the_pretraining_recipe_at_imagen
 
 def compose_optim(choice: str):
     return OmegaConf.load(CONF_DIR / "optim" / f"{choice}.yaml")
+
+
+def test_the_paper_regime_world_is_one_the_generator_draws_for_every_study(compose_config, in1k):
+    """synthetic=paper_regime over each study's demo settings (the vocabulary study's 80% outside
+    ImageNet-1k from the command line): real WordNet and ImageNet-22k synsets for all 24 concepts."""
+    from wsp.corpus.synthetic import choose_concepts
+    from wsp.hashtags.wordnet import imagenet1k_wnids
+
+    for study, extra in [("resampling", []), ("vocabulary", ["synthetic.outside_in1k=19"])]:
+        world = compose_config(
+            f"experiment={study}", "scale=demo", "synthetic=paper_regime", *extra
+        ).synthetic
+        assert (world.concepts, world.posts) == (24, 35000)
+        chosen = choose_concepts(in1k, world.concepts, world.zipf_exponent, world.seed, world.outside_in1k)
+        outside = sum(c.wnid not in set(imagenet1k_wnids()) for c in chosen)
+        assert len({c.wnid for c in chosen}) == 24 and outside == world.outside_in1k
+        assert sum(c.frequency for c in chosen) == pytest.approx(1.0)
+        if study == "resampling":
+            assert world.zipf_exponent == 1.5, "the study's steeper curve holds in either world"
