@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.test_run import ROOT, run
 from wsp.utils.schedule import paper_schedule_images
@@ -83,6 +84,12 @@ def test_every_demo_study_runs_each_job_end_to_end(sweeps, study):
     for job in jobs(folder):
         results = json.loads((job / "results.json").read_text())
         assert results["task"] == "study" and results["wall_time_s"] > 0
+        host = results["host"]  # what the numbers depend on beyond config and seeds (README: Resampling)
+        assert (
+            host["torch"] == torch.__version__
+            and host["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        )
+        assert host["cpu"] and host["threads"] >= 1 and table["host.cpu"].notna().all()
         assert results["config"]["study"]["name"] == study
         if results["config"]["study"]["pretraining"] == "hashtags":
             folders = [f"seed{r['seed']}/" for r in results.get("replicates", [])] or [""]
