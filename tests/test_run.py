@@ -241,10 +241,18 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, corpus_
     assert not (killed / "results.json").exists(), "the run finished before it could be killed"
     epoch_steps = json.loads((whole / "results.json").read_text())["steps"] // 3 + 1  # ~2.7 epochs in all
     assert 0 < step < 120 and step % epoch_steps, step  # killed mid-epoch
+    # The run's training clock lives in the checkpoint: set it to 1,000 s, and the resumed run's
+    # train/time_s must carry it (a clock restarted at the resume stays under this invocation's time).
+    state = torch.load(last, weights_only=True)
+    assert 0 < state["callbacks"]["Timer"]["time_elapsed"]["train"] < 1000
+    state["callbacks"]["Timer"]["time_elapsed"]["train"] = 1000.0
+    torch.save(state, last)
 
     resumed = run(*args, f"hydra.run.dir={killed}", "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    results = json.loads((killed / "results.json").read_text())
+    assert 1000 < results["train/time_s"] < 1000 + results["wall_time_s"]
     expected, got = load_file(whole / "backbone.safetensors"), load_file(killed / "backbone.safetensors")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 

@@ -94,6 +94,7 @@ def test_every_demo_study_runs_each_job_end_to_end(sweeps, study):
         if results["config"]["study"]["pretraining"] == "hashtags":
             folders = [f"seed{r['seed']}/" for r in results.get("replicates", [])] or [""]
             assert results["images_processed"] > 0
+            assert 0 < results["pretrain/train/time_s"] <= results["pretrain/wall_time_s"]  # not resumed
             assert all((job / f"{f}pretrain" / "backbone.safetensors").is_file() for f in folders)
         # one wandb run per job, offline, grouped by the sweep and tagged by the study
         (wandb_run,) = (job / "wandb").glob("offline-run-*/run-*.wandb")

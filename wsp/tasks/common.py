@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Timer
 
 from wsp.config import ConfigError, require, require_choice
 from wsp.data.hashtags import HashtagDataModule
@@ -126,7 +127,15 @@ def make_trainer(
         max_steps=max_steps,
         max_epochs=-1,
         logger=loggers,
-        callbacks=[checkpoints, Throughput(), StopJobOnError()],
+        callbacks=[checkpoints, Throughput(), Timer(), StopJobOnError()],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=cfg.output_dir,
     )
+
+
+def training_time_s(trainer: pl.Trainer) -> float:
+    """Seconds in `trainer.fit` over every invocation of the run, up to its last checkpoint before each
+    resume: Lightning's Timer keeps its clock in the checkpoint. A results.json's `wall_time_s` is the
+    last invocation's only."""
+    (timer,) = (c for c in trainer.callbacks if isinstance(c, Timer))
+    return timer.time_elapsed("train")

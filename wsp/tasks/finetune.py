@@ -13,6 +13,7 @@ from wsp.tasks.common import (
     make_trainer,
     resumed_progress,
     steps_for,
+    training_time_s,
 )
 from wsp.utils.loggers import build_loggers
 
@@ -41,6 +42,7 @@ def run(cfg: DictConfig) -> dict:
             if f"val/{k}" in final
         },
         "train/skipped_steps": model.skipped_steps,
+        "train/time_s": training_time_s(trainer),
         "steps": trainer.global_step,
         "resumed_at_step": resumed_at,  # 0: a fresh start
         "weights": cfg.backbone.weights,

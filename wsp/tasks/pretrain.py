@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from wsp.config import ConfigError, check_training, require_choice, require_positive
-from wsp.tasks.common import make_classifier, make_datamodule, make_trainer, steps_for
+from wsp.tasks.common import make_classifier, make_datamodule, make_trainer, steps_for, training_time_s
 from wsp.utils.loggers import build_loggers
 from wsp.utils.schedule import INTERPOLATIONS, paper_schedule_images
 
@@ -55,6 +55,7 @@ def run(cfg: DictConfig) -> dict:
         **device_and_checkpoint_costs(trainer, Path(cfg.output_dir) / "checkpoints" / "last.ckpt"),
         **metrics,
         "train/skipped_steps": model.skipped_steps,
+        "train/time_s": training_time_s(trainer),
         "steps": trainer.global_step,
         "images_scheduled": images,
         "images_processed": model.images_processed,

@@ -65,7 +65,7 @@ def replicate(cfg: DictConfig, transfers: dict, seed: int, folder: str) -> dict:
                            s.pretrain)  # fmt: skip
         weights = pretrained["backbone"]
         results.update(_prefixed("pretrain", pretrained, "val/top1", "val/top5", "steps",
-                                 "train/images_per_s", "wall_time_s"))  # fmt: skip
+                                 "train/images_per_s", "train/time_s", "wall_time_s"))  # fmt: skip
         results["images_processed"] = pretrained["images_processed"]
     for name, transfer in transfers.items():
         values = {
@@ -78,7 +78,7 @@ def replicate(cfg: DictConfig, transfers: dict, seed: int, folder: str) -> dict:
         )
         results.update({f"{name}/{key.split('/', 1)[1]}": value for key, value in done.items()
                         if key in (f"{transfer['task']}/top1", f"{transfer['task']}/top5")})  # fmt: skip
-        results[f"{name}/wall_time_s"] = done.get("wall_time_s")
+        results.update(_prefixed(name, done, "train/time_s", "wall_time_s"))  # train/time_s: fine-tuning only
     return results
 
 
